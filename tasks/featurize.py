@@ -1,0 +1,77 @@
+"""Token ids per batch, cached by (batch content, tokenizer fingerprint, max_length).
+
+Batches are immutable, so a batch is tokenized once in its life; a cycle only pays for the
+batches it has never seen. Ids are stored ragged (flat ids + offsets) so no padding is stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tasks.ingest import read_manifest
+from tasks.workspace import Workspace
+
+
+@dataclass(frozen=True)
+class FeatureInfo:
+    batch_id: str
+    path: str
+    rows: int
+    cached: bool
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """Hash of the tokenizer's full definition (vocab, normaliser, special tokens)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    blob = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+def feature_path(ws: Workspace, batch_sha: str, fingerprint: str, max_length: int) -> Path:
+    return ws.features / f"{batch_sha[:20]}-{fingerprint}-{max_length}.npz"
+
+
+def tokenize_texts(texts: list[str], tokenizer, max_length: int) -> tuple[np.ndarray, np.ndarray]:
+    encoded = tokenizer(texts, truncation=True, max_length=max_length, padding=False)["input_ids"]
+    lengths = np.fromiter((len(ids) for ids in encoded), dtype=np.int64, count=len(encoded))
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    flat = np.fromiter((t for ids in encoded for t in ids), dtype=np.int32, count=int(offsets[-1]))
+    return flat, offsets
+
+
+def featurize_batch(ws: Workspace, batch_id: str, tokenizer, max_length: int) -> FeatureInfo:
+    import pandas as pd
+
+    entry = next((e for e in read_manifest(ws) if e["batch_id"] == batch_id), None)
+    if entry is None:
+        raise KeyError(f"batch {batch_id} is not in {ws.manifest}")
+    path = feature_path(ws, entry["sha256"], tokenizer_fingerprint(tokenizer), max_length)
+    if path.exists():
+        return FeatureInfo(batch_id, str(path), entry["rows"], cached=True)
+    texts = pd.read_parquet(ws.batch_path(batch_id), columns=["text"])["text"].tolist()
+    ids, offsets = tokenize_texts(texts, tokenizer, max_length)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
+    os.close(fd)
+    try:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, ids=ids, offsets=offsets)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return FeatureInfo(batch_id, str(path), len(texts), cached=False)
+
+
+def load_features(path: Path | str) -> list[np.ndarray]:
+    """Ragged ids, one array per row. np.load without pickle: plain arrays only."""
+    with np.load(path, allow_pickle=False) as data:
+        ids, offsets = data["ids"], data["offsets"]
+    return [ids[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]

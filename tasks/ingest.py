@@ -1,0 +1,260 @@
+"""Turn a labelled file into an immutable batch: `data/batches/<batch_id>.parquet`.
+
+The split of every row comes from a hash of its normalised text, so a duplicate always lands
+in the same split as its twin and the test splits never leak into training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+import unicodedata
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from tasks.config import KaizenConfig, SplitConfig
+from tasks.workspace import Workspace
+from tasks.errors import KaizenError
+
+REQUIRED_COLUMNS = ("text", "label")
+FORMATS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+BATCH_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_SPACE = re.compile(r"\s+")
+
+
+class IngestError(KaizenError, ValueError):
+    """A file that cannot become a batch; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class BatchInfo:
+    batch_id: str
+    path: str
+    rows: int
+    sha256: str
+    split_counts: dict[str, int]
+    source: str
+
+
+def read_table(path: Path | str) -> pd.DataFrame:
+    """Read CSV, Parquet or JSON Lines; every failure is an IngestError naming the file."""
+    path = Path(path)
+    if not path.exists():
+        raise IngestError(f"{path}: no such file")
+    if path.is_dir():
+        raise IngestError(f"{path}: is a directory, expected a CSV, Parquet or JSONL file")
+    kind = FORMATS.get(path.suffix.lower())
+    if kind is None:
+        known = ", ".join(sorted(FORMATS))
+        raise IngestError(f"{path}: unknown format {path.suffix or '(no extension)'!r}; expected one of {known}")
+    if path.stat().st_size == 0:
+        raise IngestError(f"{path}: file is empty")
+    try:
+        if kind == "csv":
+            # keep_default_na=False: the literal text "NA" or "null" is a valid sentence.
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+        elif kind == "parquet":
+            frame = pd.read_parquet(path)
+        else:
+            frame = pd.read_json(path, lines=True, dtype=False)
+    except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise IngestError(f"{path}: cannot be read as {kind}: {first}") from None
+    return frame
+
+
+def check_columns(frame: pd.DataFrame, source: str) -> None:
+    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    if missing:
+        found = ", ".join(map(str, frame.columns)) or "none"
+        raise IngestError(f"{source}: missing required column(s) {', '.join(missing)} (found: {found})")
+    if len(frame) == 0:
+        raise IngestError(f"{source}: has a header but no rows")
+
+
+def normalise_text(text: str) -> str:
+    """The form used for split hashing and duplicate detection."""
+    return _SPACE.sub(" ", unicodedata.normalize("NFKC", text)).strip().lower()
+
+
+def assign_split(normalised: str, split: SplitConfig) -> str:
+    digest = hashlib.sha256(normalised.encode("utf-8")).digest()
+    point = int.from_bytes(digest[:8], "big") / 2**64
+    if point < split.train:
+        return "train"
+    if point < split.train + split.validation:
+        return "validation"
+    return "test"
+
+
+def prepare_batch(frame: pd.DataFrame, config: KaizenConfig, source: str) -> pd.DataFrame:
+    """Keep text, label and configured slice columns; add the deterministic split."""
+    check_columns(frame, source)
+    keep = list(REQUIRED_COLUMNS) + [c for c in config.data.slice_columns if c in frame.columns]
+    batch = frame[keep].copy()
+    # Nulls stay nulls so validation can name them; everything else becomes a string.
+    for column in keep:
+        batch[column] = batch[column].map(lambda v: None if _is_null(v) else str(v)).astype(object)
+    norm = batch["text"].map(lambda t: normalise_text(t) if isinstance(t, str) else "")
+    batch["split"] = norm.map(lambda t: assign_split(t, config.data.split))
+    return batch.reset_index(drop=True)
+
+
+def _is_null(value: object) -> bool:
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def content_hash(batch: pd.DataFrame) -> str:
+    """Order-sensitive hash of the batch's content (not of its parquet bytes)."""
+    digest = hashlib.sha256()
+    for row in batch.itertuples(index=False):
+        digest.update(json.dumps(list(row), ensure_ascii=False, default=str).encode("utf-8"))
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def make_batch_id(sha256: str, now: datetime | None = None) -> str:
+    stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%S")
+    return f"b{stamp}-{sha256[:8]}"
+
+
+def check_batch_id(batch_id: str) -> None:
+    if not BATCH_ID.match(batch_id):
+        raise IngestError(
+            f"batch id {batch_id!r} is not allowed: use letters, digits, '.', '_' or '-' (max 100)"
+        )
+
+
+def read_manifest(ws: Workspace) -> list[dict]:
+    if not ws.manifest.exists():
+        return []
+    return json.loads(ws.manifest.read_text())
+
+
+def batch_ids(ws: Workspace) -> list[str]:
+    """Ingested batches in ingestion order."""
+    return [entry["batch_id"] for entry in read_manifest(ws)]
+
+
+def check_new_batch(ws: Workspace, batch_id: str, sha256: str) -> None:
+    for entry in read_manifest(ws):
+        if entry["batch_id"] == batch_id:
+            raise IngestError(f"batch {batch_id} already exists; batches are immutable, choose another id")
+        if entry["sha256"] == sha256:
+            raise IngestError(f"this content was already ingested as batch {entry['batch_id']}")
+
+
+def _write_atomic(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_batch(ws: Workspace, batch_id: str, batch: pd.DataFrame, sha256: str, source: str) -> BatchInfo:
+    """Write the parquet file and append to the manifest, both atomically."""
+    path = ws.batch_path(batch_id)
+    if path.exists():
+        raise IngestError(f"batch {batch_id} already exists at {path}")
+    _write_atomic(path, lambda tmp: batch.to_parquet(tmp, index=False))
+    entry = {
+        "batch_id": batch_id,
+        "sha256": sha256,
+        "rows": int(len(batch)),
+        "source": source,
+        "ingested_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    manifest = read_manifest(ws) + [entry]
+    _write_atomic(ws.manifest, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=1)))
+    counts = batch["split"].value_counts().to_dict()
+    return BatchInfo(batch_id, str(path), len(batch), sha256, {k: int(v) for k, v in counts.items()}, source)
+
+
+def remove_batch(ws: Workspace, batch_id: str) -> None:
+    """Undo write_batch (used when versioning the batch fails)."""
+    ws.batch_path(batch_id).unlink(missing_ok=True)
+    manifest = [e for e in read_manifest(ws) if e["batch_id"] != batch_id]
+    _write_atomic(ws.manifest, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=1)))
+
+
+def load_batch(ws: Workspace, batch_id: str) -> pd.DataFrame:
+    path = ws.batch_path(batch_id)
+    if not path.exists():
+        raise IngestError(f"batch {batch_id}: {path} is missing (run `dvc pull`?)")
+    return pd.read_parquet(path)
+
+
+@dataclass(frozen=True)
+class StagedBatch:
+    """A prepared batch waiting for validation, outside data/."""
+
+    batch_id: str
+    path: str
+    rows: int
+    sha256: str
+    source: str
+
+
+def stage_file(ws: Workspace, config: KaizenConfig, file: Path | str, batch_id: str | None = None) -> StagedBatch:
+    """Read and prepare a file; refuse duplicates. Nothing under data/ is touched."""
+    source = str(file)
+    if batch_id is not None:
+        check_batch_id(batch_id)
+    batch = prepare_batch(read_table(file), config, source)
+    sha = content_hash(batch)
+    batch_id = batch_id or make_batch_id(sha)
+    check_new_batch(ws, batch_id, sha)
+    staged = ws.state / "staging" / f"{batch_id}.parquet"
+    _write_atomic(staged, lambda tmp: batch.to_parquet(tmp, index=False))
+    return StagedBatch(batch_id, str(staged), len(batch), sha, source)
+
+
+def accept_batch(ws: Workspace, staged: StagedBatch, commit) -> tuple[BatchInfo, str]:
+    """Move a validated batch into data/ and version it with `commit` (dvc add + push).
+
+    If versioning fails the batch is taken out again and data.dvc restored, so the data
+    version on disk never names a batch the remote does not hold.
+    """
+    batch = pd.read_parquet(staged.path)
+    previous_pointer = ws.dvc_file.read_text() if ws.dvc_file.exists() else None
+    info = write_batch(ws, staged.batch_id, batch, staged.sha256, staged.source)
+    try:
+        version = commit(ws)
+    except Exception:
+        remove_batch(ws, staged.batch_id)
+        if previous_pointer is not None:
+            ws.dvc_file.write_text(previous_pointer)
+        raise
+    Path(staged.path).unlink(missing_ok=True)
+    return info, version
+
+
+def withdraw_batch(ws: Workspace, batch_id: str, quarantine_root: Path, reason: str, report_json: str) -> Path:
+    """Move an ingested batch out of data/ into quarantine (e.g. after the gate rejected it).
+
+    The data version that held it stays in the DVC remote, so the rejected model's lineage can
+    still be restored; the batch itself can be re-submitted after review.
+    """
+    source = ws.batch_path(batch_id)
+    target = quarantine_root / batch_id
+    target.mkdir(parents=True, exist_ok=True)
+    entry = next((e for e in read_manifest(ws) if e["batch_id"] == batch_id), {})
+    os.replace(source, target / "batch.parquet")
+    (target / "report.json").write_text(report_json)
+    (target / "source.txt").write_text(f"{entry.get('source', '?')}\nwithdrawn: {reason}\n")
+    remove_batch(ws, batch_id)
+    return target

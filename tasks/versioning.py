@@ -1,0 +1,106 @@
+"""Version `data/` with DVC: the md5 recorded in `data.dvc` is the data version."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from tasks.workspace import Workspace
+from tasks.errors import KaizenError
+
+DEFAULT_REMOTE = "local"
+
+
+class VersioningError(KaizenError, RuntimeError):
+    pass
+
+
+@contextlib.contextmanager
+def _quiet_dvc():
+    """DVC prints and logs git hints ("To track the changes with git...") meant for its CLI."""
+    from dvc.ui import ui
+
+    enabled = getattr(ui, "_enabled", True)
+    dvc_logger = logging.getLogger("dvc")
+    level = dvc_logger.level
+    ui._enabled = False
+    dvc_logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        ui._enabled = enabled
+        dvc_logger.setLevel(level)
+
+
+def _git_toplevel(path: Path) -> Path | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=path, capture_output=True, text=True)
+    except OSError:
+        return None
+    return Path(out.stdout.strip()).resolve() if out.returncode == 0 else None
+
+
+def init_repo(ws: Workspace) -> None:
+    """DVC repo in the workspace (inside git when there is one), local remote by default."""
+    from dvc.repo import Repo
+
+    ws.root.mkdir(parents=True, exist_ok=True)
+    if not (ws.root / ".dvc").exists():
+        top = _git_toplevel(ws.root)
+        with _quiet_dvc():
+            Repo.init(str(ws.root), no_scm=top is None, subdir=top is not None and top != ws.root)
+    repo = Repo(str(ws.root))
+    with repo.config.edit() as conf:
+        conf["core"]["analytics"] = False
+        if not conf["core"].get("remote"):
+            # DVC reads a relative path here against the process's cwd and stores it relative
+            # to .dvc/ ("../.kaizen/dvc-remote"), so a committed config stays valid in any clone.
+            conf["remote"][DEFAULT_REMOTE] = {"url": os.path.relpath(ws.dvc_remote, Path.cwd())}
+            conf["core"]["remote"] = DEFAULT_REMOTE
+    ws.dvc_remote.mkdir(parents=True, exist_ok=True)
+    ws.batches.mkdir(parents=True, exist_ok=True)
+
+
+def data_version(ws: Workspace) -> str | None:
+    """The md5 of `data/` as recorded in `data.dvc` (None before the first `dvc add`)."""
+    if not ws.dvc_file.exists():
+        return None
+    outs = (yaml.safe_load(ws.dvc_file.read_text()) or {}).get("outs") or []
+    return outs[0].get("md5") if outs else None
+
+
+def remote_url(ws: Workspace) -> str:
+    from dvc.repo import Repo
+
+    repo = Repo(str(ws.root))
+    name = repo.config["core"].get("remote")
+    return str(repo.config["remote"][name]["url"]) if name else ""
+
+
+def commit_data(ws: Workspace) -> str:
+    """`dvc add data` + `dvc push`; returns the new data version."""
+    from dvc.repo import Repo
+
+    try:
+        with _quiet_dvc():
+            repo = Repo(str(ws.root))
+            repo.add(str(ws.data))
+            repo.push()
+    except Exception as exc:  # DVC raises many types; the caller rolls the batch back
+        raise VersioningError(f"dvc add/push of {ws.data} failed: {exc}") from exc
+    version = data_version(ws)
+    if version is None:
+        raise VersioningError(f"{ws.dvc_file} has no md5 after dvc add")
+    return version
+
+
+def pull_data(ws: Workspace) -> None:
+    from dvc.repo import Repo
+
+    with _quiet_dvc():
+        Repo(str(ws.root)).pull(force=True)
