@@ -77,6 +77,10 @@ def ingest(
     set_: SetOpt = None,
 ) -> None:
     """Validate FILE and store it as a new immutable, DVC-versioned batch."""
+    from tasks.ingest import check_input
+
+    ws, config = _context(workspace, set_)
+    check_input(ws, config, file, batch_id)  # refuse bad files before any flow starts
     from flows.pipeline import ingest as ingest_flow
 
     info = ingest_flow(str(file), batch_id, str(workspace) if workspace else None, _overrides(set_))
@@ -107,6 +111,11 @@ def run(
     no_promote: Annotated[bool, typer.Option("--no-promote", help="Register but never move champion")] = False,
 ) -> None:
     """One continual-training cycle on every batch not yet trained on."""
+    from tasks.ingest import check_input
+
+    ws, config = _context(workspace, set_)
+    for file in files or []:
+        check_input(ws, config, file)  # refuse bad files before any flow starts
     from flows.pipeline import continual_training
 
     summary = continual_training(
@@ -272,11 +281,12 @@ def demo(
     run_demo(workspace, source, batches, rows, force, _overrides(set_))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns (and, run as a script, exits with) the exit status."""
     from models.classifier import ModelError
     from tasks.errors import KaizenError
 
-    args = sys.argv[1:]
+    args = list(sys.argv[1:] if argv is None else argv)
     workspace = None
     for i, arg in enumerate(args):
         if arg in ("--workspace", "-w") and i + 1 < len(args):
@@ -284,24 +294,27 @@ def main() -> None:
         elif arg.startswith("--workspace="):
             workspace = Path(arg.split("=", 1)[1])
     _environment(workspace)
+    import click
+
     try:
-        app(standalone_mode=False)
+        result = app(args=args, standalone_mode=False, prog_name="kaizen")
     except (KaizenError, ModelError) as exc:
         typer.echo(f"kaizen: error: {exc}", err=True)
-        sys.exit(1)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
+        return 1
+    except (typer.Exit, click.exceptions.Exit) as exc:
+        return exc.exit_code
+    except (typer.Abort, click.exceptions.Abort):
         typer.echo("kaizen: aborted", err=True)
-        sys.exit(130)
-    except Exception as exc:  # click usage errors carry their own exit code
-        import click
+        return 130
+    except click.ClickException as exc:  # usage errors carry their own exit code
+        exc.show()
+        return exc.exit_code
+    return result if isinstance(result, int) else 0
 
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+
+def run_main() -> None:
+    sys.exit(main())
 
 
 if __name__ == "__main__":
-    main()
+    run_main()

@@ -15,6 +15,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE as NO_CACHE
 from prefect.runtime import flow_run
+from prefect.states import Failed, State
 
 from models.classifier import load_tokenizer
 from tasks import evaluate as evaluate_mod
@@ -93,8 +94,17 @@ def ingest(file: str, batch_id: str | None = None, workspace: str | None = None,
            overrides: dict[str, Any] | None = None) -> dict:
     """Validate a file and, if it passes, add it to data/ as an immutable DVC-versioned batch."""
     ws, config = prepare(workspace, overrides)
-    info = ingest_one(ws, config, file, batch_id)
+    try:
+        info = ingest_one(ws, config, file, batch_id)
+    except KaizenError as exc:
+        return expected_failure(exc)
     return info.__dict__
+
+
+def expected_failure(exc: KaizenError) -> State:
+    """End the flow run Failed with the message a user acts on, not a traceback; the caller
+    of the flow still gets `exc` raised."""
+    return Failed(message=str(exc).splitlines()[0], data=exc)
 
 
 @task(name="withdraw-batches", cache_policy=NO_CACHE)
@@ -140,7 +150,11 @@ def continual_training(
     except BatchRejected as rejected:
         summary.status, summary.batch_ids, summary.reasons = "quarantined", [rejected.batch_id], rejected.lines
         summary.save(ws.last_run)
-        raise
+        return expected_failure(rejected)
+    except KaizenError as exc:
+        summary.reasons = [str(exc)]
+        summary.save(ws.last_run)
+        return expected_failure(exc)
     except BaseException as exc:
         summary.reasons = summary.reasons or [f"{type(exc).__name__}: {exc}"]
         summary.save(ws.last_run)

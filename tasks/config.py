@@ -20,7 +20,7 @@ from tasks.errors import KaizenError
 CONFIG_FILE = "kaizen.yaml"
 ENV_PREFIX = "KAIZEN_"
 # Environment variables with this prefix that are not config fields.
-NON_CONFIG_ENV = {"KAIZEN_WORKSPACE"}
+NON_CONFIG_ENV = {"KAIZEN_WORKSPACE", "KAIZEN_USER"}
 
 
 class ConfigError(KaizenError, ValueError):

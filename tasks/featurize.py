@@ -7,6 +7,7 @@ batches it has never seen. Ids are stored ragged (flat ids + offsets) so no padd
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from dataclasses import dataclass
@@ -27,9 +28,19 @@ class FeatureInfo:
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
-    """Hash of the tokenizer's full definition (vocab, normaliser, special tokens)."""
+    """Hash of the tokenizer's definition (vocab, normaliser, special tokens).
+
+    Truncation and padding are left out: the fast tokenizer stores the settings of its
+    latest call there, and max_length is part of the cache key anyway.
+    """
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    blob = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    if backend is not None:
+        definition = json.loads(backend.to_str())
+        definition.pop("truncation", None)
+        definition.pop("padding", None)
+        blob = json.dumps(definition, sort_keys=True)
+    else:
+        blob = repr(sorted(tokenizer.get_vocab().items()))
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
 

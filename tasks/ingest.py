@@ -209,15 +209,26 @@ class StagedBatch:
     source: str
 
 
-def stage_file(ws: Workspace, config: KaizenConfig, file: Path | str, batch_id: str | None = None) -> StagedBatch:
-    """Read and prepare a file; refuse duplicates. Nothing under data/ is touched."""
-    source = str(file)
+def check_input(
+    ws: Workspace, config: KaizenConfig, file: Path | str, batch_id: str | None = None
+) -> tuple[pd.DataFrame, str, str]:
+    """Everything about a file that can be refused before any work starts; writes nothing.
+
+    Returns the prepared batch, its content hash and its batch id.
+    """
     if batch_id is not None:
         check_batch_id(batch_id)
-    batch = prepare_batch(read_table(file), config, source)
+    batch = prepare_batch(read_table(file), config, str(file))
     sha = content_hash(batch)
     batch_id = batch_id or make_batch_id(sha)
     check_new_batch(ws, batch_id, sha)
+    return batch, sha, batch_id
+
+
+def stage_file(ws: Workspace, config: KaizenConfig, file: Path | str, batch_id: str | None = None) -> StagedBatch:
+    """Read and prepare a file; refuse duplicates. Nothing under data/ is touched."""
+    source = str(file)
+    batch, sha, batch_id = check_input(ws, config, file, batch_id)
     staged = ws.state / "staging" / f"{batch_id}.parquet"
     _write_atomic(staged, lambda tmp: batch.to_parquet(tmp, index=False))
     return StagedBatch(batch_id, str(staged), len(batch), sha, source)
@@ -230,14 +241,17 @@ def accept_batch(ws: Workspace, staged: StagedBatch, commit) -> tuple[BatchInfo,
     version on disk never names a batch the remote does not hold.
     """
     batch = pd.read_parquet(staged.path)
-    previous_pointer = ws.dvc_file.read_text() if ws.dvc_file.exists() else None
+    saved = {p: (p.read_text() if p.exists() else None) for p in (ws.dvc_file, ws.manifest)}
     info = write_batch(ws, staged.batch_id, batch, staged.sha256, staged.source)
     try:
         version = commit(ws)
     except Exception:
-        remove_batch(ws, staged.batch_id)
-        if previous_pointer is not None:
-            ws.dvc_file.write_text(previous_pointer)
+        ws.batch_path(staged.batch_id).unlink(missing_ok=True)
+        for path, text in saved.items():
+            if text is None:
+                path.unlink(missing_ok=True)
+            else:
+                path.write_text(text)
         raise
     Path(staged.path).unlink(missing_ok=True)
     return info, version

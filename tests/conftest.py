@@ -1,0 +1,83 @@
+"""Shared fixtures: offline environment, Prefect's test harness, tiny-model workspaces."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "datasets"
+
+# Before anything imports transformers, prefect or GX.
+os.environ.update(
+    {
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "GX_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        "KAIZEN_USER": "pytest",
+    }
+)
+
+# A tiny 2-layer random encoder learns the template corpus in seconds at a high rate.
+TINY_CONFIG = {
+    "project": "kaizen-test",
+    "labels": ["negative", "positive"],
+    "data": {"slice_columns": ["domain"]},
+    "validation": {"min_rows": 20},
+    "model": {"base": "tiny", "max_length": 64},
+    "train": {"epochs": 8, "batch_size": 16, "lr": 3.0e-3, "warmup_ratio": 0.05, "patience": 3, "seed": 3},
+    "evaluate": {"bootstrap_resamples": 200},
+    "gate": {
+        "min_accuracy_new": 0.75,
+        "min_macro_f1_new": 0.7,
+        "max_regression_drop": 0.1,
+        "max_new_drop": 0.0,
+        "min_eval_rows": 10,
+        "bootstrap": {"min_accuracy_new": 0.75},
+    },
+}
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def make_workspace(root: Path, config: dict | None = None) -> Path:
+    from tasks.versioning import init_repo
+    from tasks.workspace import Workspace
+
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "kaizen.yaml").write_text(yaml.safe_dump(config or TINY_CONFIG))
+    init_repo(Workspace.at(root))
+    return root
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Path:
+    return make_workspace(tmp_path / "ws")
+
+
+@pytest.fixture(scope="session")
+def demo_files(tmp_path_factory) -> dict[str, Path]:
+    from tasks.demo_data import write_demo_batches
+
+    target = tmp_path_factory.mktemp("demo-input")
+    return {batch_id: path for batch_id, path, _ in write_demo_batches(target, rows=400)}
+
+
+def tree_snapshot(path: Path) -> dict[str, int]:
+    """Relative path -> size of every file below `path` (empty when it does not exist)."""
+    if not path.exists():
+        return {}
+    return {str(p.relative_to(path)): p.stat().st_size for p in sorted(path.rglob("*")) if p.is_file()}

@@ -1,0 +1,119 @@
+"""The whole cycle end to end: real Prefect (test harness), MLflow on SQLite, DVC with a local
+remote, GX validation, and a tiny random 2-layer encoder."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import tree_snapshot
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+REQUIRED_TAGS = (
+    "kaizen.data_md5",
+    "kaizen.batch_ids",
+    "kaizen.git_sha",
+    "kaizen.config_hash",
+    "kaizen.flow_run_id",
+    "kaizen.gate_verdict",
+    "kaizen.dvc_remote",
+)
+
+
+def _registry(ws_root):
+    from tasks.config import load_config
+    from tasks.registry import connect
+    from tasks.workspace import Workspace
+
+    ws = Workspace.at(ws_root)
+    config = load_config(ws.root)
+    return ws, config, connect(ws, config), config.registry.model_name
+
+
+def test_cycle_bootstrap_promote_quarantine_reject_rollback(workspace, demo_files, capsys):
+    from flows.cli import main
+    from flows.pipeline import BatchRejected, continual_training
+    from tasks.registry import CHALLENGER, CHAMPION, get_alias, list_versions, read_ledger
+    from tasks.versioning import data_version
+
+    ws, config, client, name = _registry(workspace)
+    run = lambda batch_id: continual_training(  # noqa: E731
+        files=[str(demo_files[batch_id])], batch_ids=[batch_id], workspace=str(workspace)
+    )
+
+    # 1. The first batch bootstraps a champion carrying every lineage tag.
+    first = run("demo-1-restaurants")
+    assert first["status"] == "promoted", first
+    champion = get_alias(client, name, CHAMPION)
+    assert champion.version == first["version"] == "1"
+    for tag in REQUIRED_TAGS:
+        assert champion.tags.get(tag), f"champion lacks tag {tag}"
+    assert champion.tags["kaizen.data_md5"] == data_version(ws)
+    assert champion.tags["kaizen.batch_ids"] == "demo-1-restaurants"
+    assert champion.tags["kaizen.config_hash"] == config.fingerprint()
+    assert champion.tags["kaizen.flow_run_id"] == first["flow_run_id"]
+    assert champion.tags["kaizen.gate_verdict"] == "pass"
+    assert (ws.dvc_remote / "files" / "md5").exists(), "dvc push left the remote empty"
+
+    # 2. A good, shifted batch: the challenger beats the champion and takes over.
+    second = run("demo-2-gadgets")
+    assert second["status"] == "promoted", second
+    assert get_alias(client, name, CHAMPION).version == "2"
+    assert second["metrics"]["new.challenger.accuracy"] > second["metrics"]["new.champion.accuracy"]
+    assert "regression.challenger.accuracy" in second["metrics"]
+    v2 = get_alias(client, name, CHAMPION)
+    assert v2.tags["kaizen.batch_ids"] == "demo-1-restaurants,demo-2-gadgets"
+    assert v2.tags["kaizen.parent_version"] == "1"
+    assert int(v2.tags["kaizen.replayed_rows"]) > 0
+
+    # 3. A corrupt batch is quarantined; data, remote and registry stay as they were.
+    before = (data_version(ws), tree_snapshot(ws.data), tree_snapshot(ws.dvc_remote), len(list_versions(client, name)))
+    with pytest.raises(BatchRejected) as rejected:
+        run("demo-3-corrupt")
+    message = str(rejected.value)
+    assert "text not empty after stripping" in message and "label in declared label set" in message
+    assert (ws.quarantine / "demo-3-corrupt" / "report.json").exists()
+    assert (ws.quarantine / "demo-3-corrupt" / "batch.parquet").exists()
+    after = (data_version(ws), tree_snapshot(ws.data), tree_snapshot(ws.dvc_remote), len(list_versions(client, name)))
+    assert after == before
+    assert get_alias(client, name, CHAMPION).version == "2"
+
+    # 4. A label-noised batch trains a challenger that the gate rejects.
+    noised = run("demo-4-noised")
+    assert noised["status"] == "rejected", noised
+    assert noised["verdict"] == "reject" and noised["reasons"]
+    assert get_alias(client, name, CHAMPION).version == "2"
+    assert get_alias(client, name, CHALLENGER).version == noised["version"] == "3"
+    # The rejected batch leaves the training history; the data version is the champion's again.
+    assert (ws.quarantine / "demo-4-noised" / "batch.parquet").exists()
+    assert data_version(ws) == v2.tags["kaizen.data_md5"]
+
+    # 5. `kaizen rollback` restores the previous champion and the ledger records both moves.
+    assert main(["rollback", "--reason", "test rollback", "--workspace", str(workspace)]) == 0
+    assert get_alias(client, name, CHAMPION).version == "1"
+    ledger = read_ledger(client, name)
+    assert [(e.action, e.from_version, e.to_version) for e in ledger] == [
+        ("promote", None, "1"),
+        ("promote", "1", "2"),
+        ("rollback", "2", "1"),
+    ]
+    assert ledger[-1].why == "test rollback" and ledger[-1].who == "pytest"
+
+    # `kaizen status --json` reports champion, challenger, data version and the last verdict.
+    capsys.readouterr()
+    assert main(["status", "--json", "--workspace", str(workspace)]) == 0
+    import json
+
+    status = json.loads(capsys.readouterr().out)
+    assert status["champion"]["version"] == "1"
+    assert status["challenger"]["version"] == "3"
+    assert status["last_run"]["verdict"] == "reject"
+    assert status["data_version"] == data_version(ws)
+
+
+def test_nothing_to_do_when_no_new_batches(workspace):
+    from flows.pipeline import continual_training
+
+    summary = continual_training(workspace=str(workspace))
+    assert summary["status"] == "nothing-to-do"
+    assert summary["version"] is None
