@@ -22,6 +22,7 @@ from tasks import evaluate as evaluate_mod
 from tasks import gate as gate_mod
 from tasks import ingest as ingest_mod
 from tasks import registry, train as train_mod, validate as validate_mod, versioning
+from tasks import report as report_mod
 from tasks.config import KaizenConfig, load_config
 from tasks.cycle import NEW_BATCHES_TAG, PARENT_TAG, CycleSummary, plan_cycle
 from tasks.errors import KaizenError
@@ -115,13 +116,24 @@ def withdraw_task(ws: Workspace, batch_ids: list[str], version: str, gate_json: 
     return versioning.commit_data(ws)
 
 
-def _flat_metrics(evaluation: evaluate_mod.Evaluation) -> dict[str, float]:
+def _flat_metrics(evaluation: evaluate_mod.Evaluation, slices: bool) -> dict[str, float]:
+    """`new.challenger.accuracy`, `regression.delta.accuracy`, `latency.champion.p95`, ..."""
     out = {}
     for s in evaluation.sets:
-        for side in ("challenger", "champion", "delta"):
+        if s.kind == "slice" and not slices:
+            continue
+        for side in ("challenger", "champion", "delta", "ci_low", "ci_high"):
             for metric, value in (getattr(s, side) or {}).items():
                 out[f"{s.name}.{side}.{metric}"] = value
+    for role, values in evaluation.latency_ms.items():
+        for key, value in values.items():
+            out[f"latency.{role}.{key}_ms"] = value
     return out
+
+
+def _metric_key(name: str) -> str:
+    # MLflow metric names allow letters, digits, _ - . / and space.
+    return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in name)
 
 
 @flow(name="continual_training")
@@ -207,14 +219,17 @@ def _run_cycle(ws: Workspace, config: KaizenConfig, summary: CycleSummary, logge
         with timed(summary, "evaluate"):
             evaluation = evaluate_task(ws, config, plan, features, result.model_dir, champion_dir)
         decision = gate_task(evaluation, config.gate, plan.champion_version is not None)
-        metrics = _flat_metrics(evaluation)
-        summary.metrics = {k: v for k, v in metrics.items() if "." in k}
+        summary.metrics = _flat_metrics(evaluation, slices=False)
         summary.verdict, summary.reasons = decision.verdict, decision.reasons
-        for key, value in metrics.items():
-            client.log_metric(run.info.run_id, key, value)
+        for key, value in _flat_metrics(evaluation, slices=True).items():
+            client.log_metric(run.info.run_id, _metric_key(key), value)
         client.log_text(run.info.run_id, evaluation.to_json(), "evaluation.json")
         client.log_text(run.info.run_id, decision.to_json(), "gate.json")
         client.log_text(run.info.run_id, decision.to_markdown(), "gate.md")
+        new_set = evaluation.get("new")
+        if new_set is not None and new_set.confusion:
+            client.log_figure(run.info.run_id, report_mod.confusion_figure(new_set, evaluation.labels),
+                              "confusion_new.png")
         create_markdown_artifact(key="gate-decision", markdown=decision.to_markdown(),
                                  description=f"gate for batches {', '.join(plan.new_batches)}")
         logger.info(f"gate: {decision.verdict}" + "".join(f"\n  - {r}" for r in decision.reasons))
@@ -236,6 +251,8 @@ def _run_cycle(ws: Workspace, config: KaizenConfig, summary: CycleSummary, logge
         with timed(summary, "register+promote"):
             ref = register_task(client, config, run.info.run_id, Path(result.model_dir), tags, examples)
             summary.version = ref.version
+            # The decision travels with the model version, readable in the registry UI.
+            client.update_model_version(name, ref.version, description=decision.to_markdown())
             client.set_terminated(run.info.run_id)
             if decision.passed and auto_promote:
                 why = "bootstrap: first model" if plan.champion_version is None else "gate passed"

@@ -80,18 +80,46 @@ class EvaluateConfig(_Section):
     bootstrap_resamples: int = Field(1000, ge=100)
     seed: int = 7
     batch_size: int = Field(64, ge=1)
+    # Token-length bucket edges for length slices: [16, 48] -> 1-16, 17-48, >48 tokens.
+    length_buckets: list[int] = [16, 48]
+    latency_samples: int = Field(50, ge=1)
+    # Optional hand-curated set (CSV/Parquet/JSONL with text, label), relative to the workspace.
+    golden_file: str = ""
+
+    @field_validator("length_buckets")
+    @classmethod
+    def _increasing(cls, edges: list[int]) -> list[int]:
+        if any(b <= a for a, b in zip(edges, edges[1:])) or any(e < 1 for e in edges):
+            raise ValueError("length_buckets must be increasing positive token counts")
+        return edges
 
 
 class BootstrapRule(_Section):
+    """The first model has no champion to beat; it must clear these alone."""
+
     min_accuracy_new: float = Field(0.7, ge=0, le=1)
+    max_ece: float = Field(0.15, ge=0, le=1)
 
 
 class GateConfig(_Section):
+    # Absolute floors for the challenger on the new batches' test split.
     min_accuracy_new: float = Field(0.7, ge=0, le=1)
     min_macro_f1_new: float = Field(0.65, ge=0, le=1)
-    max_regression_drop: float = Field(0.02, ge=0, le=1)
-    max_new_drop: float = Field(0.0, ge=0, le=1)
+    # Improvement on `new`: the CI's lower bound of the accuracy delta must exceed this, so a
+    # challenger better by less than the noise is not promoted.
+    min_improvement_new: float = Field(0.0, ge=-1, le=1)
+    # Non-inferiority on `regression`, the golden set and every slice: CI lower bound of the
+    # accuracy delta >= -margin.
+    noninferiority_margin: float = Field(0.02, ge=0, le=1)
+    # Slices smaller than this are reported but not judged (their CI says nothing).
+    min_slice_rows: int = Field(30, ge=1)
+    # Below this many rows in `new`, the gate refuses to promote automatically.
     min_eval_rows: int = Field(20, ge=1)
+    max_ece: float = Field(0.15, ge=0, le=1)
+    # Challenger p95 latency per example may be at most this multiple of the champion's.
+    max_latency_ratio: float = Field(1.5, gt=0)
+    # Absolute p95 budget in milliseconds; 0 = no absolute budget.
+    max_latency_p95_ms: float = Field(0.0, ge=0)
     bootstrap: BootstrapRule = BootstrapRule()
     auto_promote: bool = True
 

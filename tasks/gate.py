@@ -1,7 +1,9 @@
 """Turn an evaluation into a promotion decision, listing every rule with its outcome.
 
 Every rule is checked before deciding (a reader sees all failures at once), and the gate
-fails closed: a missing or NaN metric fails its rule.
+fails closed: a missing or NaN metric fails its rule. Comparisons with the champion are
+judged on the paired bootstrap interval, not on point values: non-inferiority needs the
+interval's lower bound above -margin, improvement needs it above the required gain.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import math
 from dataclasses import asdict, dataclass
 
 from tasks.config import GateConfig
-from tasks.evaluate import Evaluation
+from tasks.evaluate import Evaluation, SetEvaluation
 
 
 @dataclass(frozen=True)
@@ -19,8 +21,9 @@ class Rule:
     name: str
     value: float | None
     threshold: float
-    op: str  # ">=" or "<="
+    op: str  # ">=", "<=", ">" or "n/a" (reported, not judged)
     passed: bool
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -40,11 +43,18 @@ class GateDecision:
     def to_json(self) -> str:
         return json.dumps({**asdict(self), "verdict": self.verdict, "reasons": self.reasons}, indent=1)
 
+    @classmethod
+    def from_json(cls, text: str) -> "GateDecision":
+        raw = json.loads(text)
+        return cls(raw["passed"], raw["mode"], [Rule(**r) for r in raw["rules"]])
+
     def to_markdown(self) -> str:
-        lines = [f"**Gate: {self.verdict}** ({self.mode})", "", "| rule | value | threshold | outcome |", "|---|---|---|---|"]
+        lines = [f"**Gate: {self.verdict}** ({self.mode})", "", "| rule | value | threshold | outcome |",
+                 "|---|---|---|---|"]
         for r in self.rules:
-            value = "missing" if r.value is None or _bad(r.value) else f"{r.value:.4f}"
-            lines.append(f"| {r.name} | {value} | {r.op} {r.threshold:g} | {'pass' if r.passed else 'FAIL'} |")
+            outcome = "not judged" if r.op == "n/a" else ("pass" if r.passed else "FAIL")
+            threshold = r.note if r.op == "n/a" else f"{r.op} {r.threshold:g}"
+            lines.append(f"| {r.name} | {_fmt(r.value)} | {threshold} | {outcome} |")
         return "\n".join(lines)
 
 
@@ -52,43 +62,84 @@ def _bad(value: float | None) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
+def _fmt(value: float | None) -> str:
+    return "missing" if _bad(value) else f"{value:.4f}"
+
+
 def describe(rule: Rule) -> str:
-    value = "missing" if _bad(rule.value) else f"{rule.value:.4f}"
-    return f"{rule.name} = {value}, needs {rule.op} {rule.threshold:g}"
+    text = f"{rule.name} = {_fmt(rule.value)}, needs {rule.op} {rule.threshold:g}"
+    return f"{text} ({rule.note})" if rule.note else text
 
 
-def check(name: str, value: float | None, threshold: float, op: str = ">=") -> Rule:
+def check(name: str, value: float | None, threshold: float, op: str = ">=", note: str = "") -> Rule:
     if _bad(value):
-        return Rule(name, None, threshold, op, False)
-    passed = value >= threshold if op == ">=" else value <= threshold
-    return Rule(name, float(value), threshold, op, bool(passed))
+        return Rule(name, None, threshold, op, False, note)
+    passed = {">=": value >= threshold, "<=": value <= threshold, ">": value > threshold}[op]
+    return Rule(name, float(value), threshold, op, bool(passed), note)
 
 
-def _metric(evaluation: Evaluation, set_name: str, side: str, metric: str) -> float | None:
+def _get(evaluation: Evaluation, set_name: str, side: str, metric: str) -> float | None:
     found = evaluation.get(set_name)
-    if found is None:
-        return None
-    source = getattr(found, side)
+    source = None if found is None else getattr(found, side)
     return None if source is None else source.get(metric)
+
+
+def _ci_note(s: SetEvaluation | None) -> str:
+    if s is None or _bad(s.delta.get("accuracy")):
+        return ""
+    nan = float("nan")
+    return (f"delta {s.delta['accuracy']:+.4f}, 95% CI "
+            f"[{s.ci_low.get('accuracy', nan):+.4f}, {s.ci_high.get('accuracy', nan):+.4f}]")
+
+
+def _noninferior(s: SetEvaluation, policy: GateConfig) -> Rule:
+    return check(f"{s.name} accuracy delta CI low (non-inferiority)", s.ci_low.get("accuracy"),
+                 -policy.noninferiority_margin, ">=", _ci_note(s))
+
+
+def _slice_rules(evaluation: Evaluation, policy: GateConfig) -> list[Rule]:
+    rules = []
+    for s in evaluation.slices():
+        if s.rows < policy.min_slice_rows:
+            rules.append(Rule(f"{s.name} accuracy delta CI low (non-inferiority)", s.delta.get("accuracy"), 0.0,
+                              "n/a", True, f"{s.rows} rows < min_slice_rows {policy.min_slice_rows}"))
+        else:
+            rules.append(_noninferior(s, policy))
+    return rules
 
 
 def decide(evaluation: Evaluation, policy: GateConfig, has_champion: bool) -> GateDecision:
     new = evaluation.get("new")
-    rules = [check("rows in new test split", None if new is None else float(new.rows), policy.min_eval_rows)]
+    rows = check("rows in new test split", None if new is None else float(new.rows), policy.min_eval_rows)
     if not has_champion:
-        rules.append(
-            check("new accuracy (bootstrap)", _metric(evaluation, "new", "challenger", "accuracy"),
-                  policy.bootstrap.min_accuracy_new)
-        )
+        b = policy.bootstrap
+        rules = [
+            rows,
+            check("new accuracy (bootstrap)", _get(evaluation, "new", "challenger", "accuracy"), b.min_accuracy_new),
+            check("new ece (bootstrap)", _get(evaluation, "new", "challenger", "ece"), b.max_ece, "<="),
+        ]
         return GateDecision(all(r.passed for r in rules), "bootstrap", rules)
-    rules += [
-        check("new accuracy", _metric(evaluation, "new", "challenger", "accuracy"), policy.min_accuracy_new),
-        check("new macro_f1", _metric(evaluation, "new", "challenger", "macro_f1"), policy.min_macro_f1_new),
-        check("new accuracy delta vs champion", _metric(evaluation, "new", "delta", "accuracy"), -policy.max_new_drop),
-        check(
-            "regression accuracy delta vs champion",
-            _metric(evaluation, "regression", "delta", "accuracy"),
-            -policy.max_regression_drop,
-        ),
+
+    rules = [
+        rows,
+        check("new accuracy", _get(evaluation, "new", "challenger", "accuracy"), policy.min_accuracy_new),
+        check("new macro_f1", _get(evaluation, "new", "challenger", "macro_f1"), policy.min_macro_f1_new),
     ]
+    gain = None if new is None else new.ci_low.get("accuracy")
+    rules.append(check("new accuracy delta CI low (improvement)", gain, policy.min_improvement_new, ">", _ci_note(new)))
+    regression = evaluation.get("regression")
+    rules.append(_noninferior(regression, policy) if regression is not None
+                 else check("regression accuracy delta CI low (non-inferiority)", None, -policy.noninferiority_margin))
+    golden = evaluation.get("golden")
+    if golden is not None:
+        rules.append(_noninferior(golden, policy))
+    rules += _slice_rules(evaluation, policy)
+    rules.append(check("new ece", _get(evaluation, "new", "challenger", "ece"), policy.max_ece, "<="))
+    lat = evaluation.latency_ms
+    ratio = None
+    if "challenger" in lat and "champion" in lat and lat["champion"]["p95"] > 0:
+        ratio = lat["challenger"]["p95"] / lat["champion"]["p95"]
+    rules.append(check("latency p95 ratio vs champion", ratio, policy.max_latency_ratio, "<="))
+    if policy.max_latency_p95_ms > 0:
+        rules.append(check("latency p95 ms", lat.get("challenger", {}).get("p95"), policy.max_latency_p95_ms, "<="))
     return GateDecision(all(r.passed for r in rules), "challenge", rules)

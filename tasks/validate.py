@@ -119,8 +119,10 @@ def validate_batch(batch: pd.DataFrame, config: KaizenConfig) -> ValidationRepor
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
-    # GX logs every expectation that cannot be evaluated at ERROR level; we report those ourselves.
-    logging.getLogger("great_expectations").setLevel(logging.CRITICAL)
+    # GX logs every expectation that cannot be evaluated at ERROR level (we report those
+    # ourselves) and chats at INFO; some of its modules set their own levels.
+    for name in [n for n in logging.root.manager.loggerDict if n.startswith("great_expectations")] + ["great_expectations"]:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     frame = add_helper_columns(batch)
     named = build_expectations(config)
     context = gx.get_context(mode="ephemeral")
