@@ -189,18 +189,22 @@ def promote(
 ) -> None:
     """Make VERSION the champion by hand."""
     from tasks.errors import KaizenError
-    from tasks.registry import CHAMPION, connect, get_alias, get_version, move_champion
+    from tasks.registry import CHAMPION, connect, get_alias, get_version, manual_promotion_problem, move_champion
 
     ws, config = _context(workspace, None)
     client = connect(ws, config)
     name = config.registry.model_name
     ref = get_version(client, name, version)
-    verdict = ref.tags.get("kaizen.gate_verdict")
-    if verdict != "pass" and not force:
-        raise KaizenError(f"v{version} did not pass its gate (verdict: {verdict or 'none'}); use --force to override")
     current = get_alias(client, name, CHAMPION)
-    action = "forced-promote" if verdict != "pass" else "manual-promote"
-    entry = move_champion(client, ws, name, version, current.version if current else None, action, reason)
+    current_version = current.version if current else None
+    if current_version == ref.version:
+        raise KaizenError(f"v{version} is already the champion")
+    problem = manual_promotion_problem(ref, current_version)
+    if problem and not force:
+        raise KaizenError(f"v{version}: {problem}; use --force to promote anyway (the override is recorded)")
+    action = "forced-promote" if problem else "manual-promote"
+    why = f"{reason} [override: {problem}]" if problem else reason
+    entry = move_champion(client, ws, name, version, current_version, action, why)
     typer.echo(f"champion: v{entry.from_version or '-'} -> v{entry.to_version} ({action})")
 
 
@@ -233,6 +237,20 @@ def history(workspace: WorkspaceOpt = None, as_json: Annotated[bool, typer.Optio
         return
     for e in entries:
         typer.echo(f"{e.seq:>4} {e.when} {e.action:<15} v{e.from_version or '-'} -> v{e.to_version}  by {e.who}: {e.why}")
+
+
+@app.command()
+def report(
+    out: Annotated[Path, typer.Option("--out", help="Directory for index.html and its pictures")],
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """Write a static HTML dashboard: champion timeline, metrics, gate decisions, drift."""
+    from tasks.registry import connect
+    from tasks.report import collect_report, write_report
+
+    ws, config = _context(workspace, None)
+    page = write_report(collect_report(connect(ws, config), ws, config), out)
+    typer.echo(f"report: {page} (open it in a browser; no server needed)")
 
 
 @app.command()
@@ -279,6 +297,26 @@ def demo(
     from flows.demo import run_demo
 
     run_demo(workspace, source, batches, rows, force, _overrides(set_))
+
+
+@app.command()
+def backtest(
+    source: Annotated[Path, typer.Option("--source", help="Historical labelled file (CSV/Parquet/JSONL)")],
+    batches: Annotated[int, typer.Option("--batches", help="How many batches to cut it into")],
+    order_by: Annotated[Optional[str], typer.Option("--order-by", help="Column that orders history (default: file order)")] = None,
+    rows: Annotated[Optional[int], typer.Option("--rows", help="Rows per batch (default: all rows / batches)")] = None,
+    into: Annotated[Optional[Path], typer.Option("--into", help="Workspace to create (default: .kaizen/backtests/<time>)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the per-cycle records as JSON")] = False,
+    workspace: WorkspaceOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Replay history through the real cycle: what would kaizen have promoted, and why?"""
+    from flows.backtest import run_backtest
+    from tasks.workspace import Workspace
+
+    if batches < 1:
+        raise typer.BadParameter("--batches must be at least 1")
+    run_backtest(Workspace.at(workspace), source, batches, rows, order_by, into, _overrides(set_), as_json)
 
 
 def main(argv: list[str] | None = None) -> int:

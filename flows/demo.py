@@ -35,13 +35,6 @@ def reset_workspace(ws: Workspace, force: bool) -> None:
             path.unlink()
 
 
-def _labels_of(path: Path) -> list[str]:
-    import pandas as pd
-
-    labels = pd.read_csv(path, dtype=str, usecols=["label"], keep_default_na=False)["label"]
-    return sorted(set(labels) - {""})
-
-
 def _fmt(value) -> str:
     return "-" if value is None else f"{value:.3f}"
 
@@ -58,25 +51,29 @@ def run_demo(workspace: Path | None, source: Path | None, batches: int, rows: in
         feed = write_demo_batches(feed_dir, rows)
         overrides = {"labels": LABELS, **overrides}
     else:
-        if not source.exists():
-            raise KaizenError(f"{source}: no such file")
-        feed = split_source(source, feed_dir, batches, rows)
-        overrides = {"labels": _labels_of(source), **overrides}
+        feed, labels = split_source(source, feed_dir, batches, rows, shuffle=True, prefix="demo-")
+        overrides = {"labels": labels, **overrides}
 
-    results, started = [], time.perf_counter()
+    started = time.perf_counter()
+    results = replay_feed(ws, feed, overrides)
+    print_summary(results, time.perf_counter() - started)
+    print_next_steps(ws)
+    return results
+
+
+def replay_feed(ws: Workspace, feed: list[tuple[str, Path, str]], overrides: dict, echo=typer.echo) -> list[dict]:
+    """One full cycle per file, in order; returns each cycle's summary (quarantine included)."""
+    results = []
     for batch_id, path, description in feed:
-        typer.echo(f"\n=== {batch_id}: {description} ===")
+        echo(f"\n=== {batch_id}: {description} ===")
         t0 = time.perf_counter()
         try:
             continual_training(files=[str(path)], batch_ids=[batch_id], workspace=str(ws.root), overrides=overrides)
         except BatchRejected as rejected:
-            typer.echo(str(rejected))
+            echo(str(rejected))
         summary = load_last_summary(ws) or {}
         summary["batch"], summary["seconds"] = batch_id, time.perf_counter() - t0
         results.append(summary)
-    total = time.perf_counter() - started
-    print_summary(results, total)
-    print_next_steps(ws)
     return results
 
 

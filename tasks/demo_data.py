@@ -120,18 +120,53 @@ def write_demo_batches(target: Path, rows: int = 600, seed: int = 2026) -> list[
     return out
 
 
-def split_source(source: Path, target: Path, batches: int, rows_per_batch: int, seed: int = 2026) -> list[tuple[str, Path, str]]:
-    """Replay any labelled CSV as consecutive batches (the first `batches * rows_per_batch` rows after a seeded shuffle)."""
-    frame = pd.read_csv(source, dtype=str, keep_default_na=False, na_values=[""])
-    frame = frame.sample(frac=1.0, random_state=seed).reset_index(drop=True).head(batches * rows_per_batch)
+def read_labelled(source: Path) -> pd.DataFrame:
+    """A labelled file; integer labels are named from a `label_names.txt` beside it, if any."""
+    from tasks.ingest import IngestError, check_columns, read_table
+
+    frame = read_table(source)
+    check_columns(frame, str(source))
+    frame["label"] = frame["label"].astype(str)
+    names_file = source.parent / "label_names.txt"
+    if names_file.exists() and frame["label"].str.fullmatch(r"\d+").all():
+        names = [line.strip() for line in names_file.read_text().splitlines() if line.strip()]
+        index = frame["label"].astype(int)
+        if index.max() >= len(names):
+            raise IngestError(f"{source}: label {index.max()} has no name in {names_file}")
+        frame["label"] = index.map(lambda i: names[i])
+    return frame
+
+
+def split_source(
+    source: Path, target: Path, batches: int, rows_per_batch: int | None, shuffle: bool,
+    order_by: str | None = None, seed: int = 2026, prefix: str = "",
+) -> tuple[list[tuple[str, Path, str]], list[str]]:
+    """Cut a labelled file into consecutive batch files; returns the feed and the label set.
+
+    History is replayed in file order (or `order_by`); `shuffle` mixes it first (the demo).
+    """
+    from tasks.ingest import IngestError
+
+    frame = read_labelled(source)
+    labels = sorted(frame["label"].unique())
+    if order_by:
+        if order_by not in frame.columns:
+            raise IngestError(f"{source}: no column {order_by!r} to order by")
+        frame = frame.sort_values(order_by, kind="stable")
+    elif shuffle:
+        frame = frame.sample(frac=1.0, random_state=seed)
+    frame = frame.reset_index(drop=True)
+    size = rows_per_batch or len(frame) // batches
+    if size < 1:
+        raise IngestError(f"{source}: {len(frame)} rows cannot make {batches} batches")
     target.mkdir(parents=True, exist_ok=True)
-    out = []
+    feed = []
     for i in range(batches):
-        part = frame.iloc[i * rows_per_batch:(i + 1) * rows_per_batch]
+        part = frame.iloc[i * size:(i + 1) * size]
         if part.empty:
             break
-        batch_id = f"demo-{i + 1}-{source.stem}"[:100]
+        batch_id = f"{prefix}{source.stem}-{i + 1:03d}"[:100]
         path = target / f"{batch_id}.csv"
         part.to_csv(path, index=False)
-        out.append((batch_id, path, f"rows {i * rows_per_batch}-{i * rows_per_batch + len(part) - 1} of {source.name}"))
-    return out
+        feed.append((batch_id, path, f"rows {i * size}-{i * size + len(part) - 1} of {source.name}"))
+    return feed, labels

@@ -241,3 +241,17 @@ def previous_champion(client, name: str) -> str:
                 raise RegistryError(f"v{current.version} is the first champion; there is nothing to roll back to")
             return entry.from_version
     raise RegistryError(f"the ledger has no record of how v{current.version} became champion")
+
+
+def manual_promotion_problem(ref: ModelRef, current_champion: str | None) -> str | None:
+    """Why promoting `ref` by hand is not backed by its gate (None when it is).
+
+    A version's gate verdict only counts against the champion it was compared with.
+    """
+    verdict = ref.tags.get("kaizen.gate_verdict")
+    if verdict != "pass":
+        return f"its gate verdict is {verdict or 'missing'}"
+    compared = ref.tags.get("kaizen.parent_version") or None
+    if compared != current_champion:
+        return f"its gate compared it with v{compared or '-'}, but the champion is now v{current_champion or '-'}"
+    return None

@@ -31,3 +31,187 @@ def confusion_figure(set_eval, labels: list[str], role: str = "challenger"):
     ax.set_title(f"{set_eval.name}: {role}")
     fig.tight_layout()
     return fig
+
+
+def _download_json(client, run_id: str | None, name: str) -> dict | None:
+    import tempfile
+
+    if not run_id:
+        return None
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            return json.loads(Path(client.download_artifacts(run_id, name, tmp)).read_text())
+    except Exception:  # a run without that artifact (failed mid-cycle) is reported as such
+        return None
+
+
+def batch_profile(path: Path, labels: list[str]) -> dict:
+    """Size, label shares and text-length profile of one batch file."""
+    import pandas as pd
+
+    frame = pd.read_parquet(path, columns=["text", "label"])
+    lengths = frame["text"].fillna("").astype(str).str.len()
+    shares = frame["label"].value_counts(normalize=True)
+    return {
+        "rows": int(len(frame)),
+        "label_share": {label: float(shares.get(label, 0.0)) for label in labels},
+        "mean_chars": float(lengths.mean()) if len(frame) else float("nan"),
+        "p95_chars": float(lengths.quantile(0.95)) if len(frame) else float("nan"),
+    }
+
+
+def collect_report(client, ws, config) -> dict:
+    """Everything the dashboard shows, read from the registry, the runs and data/."""
+    from tasks.ingest import read_manifest
+    from tasks.registry import CHAMPION, get_alias, list_versions, read_ledger
+
+    name = config.registry.model_name
+    champion = get_alias(client, name, CHAMPION)
+    versions = []
+    for ref in list_versions(client, name):
+        mv = client.get_model_version(name, ref.version)
+        versions.append({
+            "version": ref.version,
+            "created": int(mv.creation_timestamp or 0),
+            "tags": ref.tags,
+            "evaluation": _download_json(client, ref.run_id, "evaluation.json"),
+            "gate": _download_json(client, ref.run_id, "gate.json"),
+        })
+    batches = []
+    for entry in read_manifest(ws):
+        batches.append({"batch_id": entry["batch_id"], "status": "in data",
+                        **batch_profile(ws.batch_path(entry["batch_id"]), config.labels)})
+    if ws.quarantine.exists():
+        for folder in sorted(p for p in ws.quarantine.iterdir() if (p / "batch.parquet").exists()):
+            batches.append({"batch_id": folder.name, "status": "quarantined",
+                            **batch_profile(folder / "batch.parquet", config.labels)})
+    return {
+        "model": name,
+        "champion": champion.version if champion else None,
+        "ledger": [e.__dict__ for e in read_ledger(client, name)],
+        "versions": versions,
+        "batches": batches,
+        "labels": list(config.labels),
+    }
+
+
+def _metric(version: dict, set_name: str, side: str, metric: str = "accuracy") -> float | None:
+    evaluation = version.get("evaluation") or {}
+    for s in evaluation.get("sets", []):
+        if s["name"] == set_name:
+            return (s.get(side) or {}).get(metric)
+    return None
+
+
+def _num(value) -> str:
+    return "-" if value is None or value != value else f"{value:.4f}"
+
+
+def _plot_metrics(data: dict, out: Path) -> str:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    xs = [int(v["version"]) for v in data["versions"]]
+    for set_name in ("new", "regression", "golden"):
+        ys = [_metric(v, set_name, "challenger") for v in data["versions"]]
+        if any(y is not None for y in ys):
+            ax.plot(xs, [float("nan") if y is None else y for y in ys], marker="o", label=f"{set_name} accuracy")
+    ax.set_xlabel("model version")
+    ax.set_ylim(0, 1.02)
+    ax.set_xticks(xs)
+    ax.legend(loc="lower right")
+    ax.set_title("challenger accuracy per version and evaluation set")
+    fig.tight_layout()
+    fig.savefig(out / "metrics.png", dpi=100)
+    plt.close(fig)
+    return "metrics.png"
+
+
+def _plot_timeline(data: dict, out: Path) -> str:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 2.8))
+    moves = data["ledger"]
+    ax.step(range(1, len(moves) + 1), [int(m["to_version"]) for m in moves], where="post", marker="o")
+    ax.set_xticks(range(1, len(moves) + 1), [f"{m['seq']}\n{m['action']}" for m in moves], fontsize=7)
+    ax.set_ylabel("champion version")
+    ax.set_title("champion timeline (ledger entries)")
+    fig.tight_layout()
+    fig.savefig(out / "timeline.png", dpi=100)
+    plt.close(fig)
+    return "timeline.png"
+
+
+def _plot_drift(data: dict, out: Path) -> str:
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2))
+    names = [b["batch_id"] for b in data["batches"]]
+    bottom = [0.0] * len(names)
+    for label in data["labels"]:
+        share = [b["label_share"][label] for b in data["batches"]]
+        left.bar(names, share, bottom=bottom, label=label)
+        bottom = [a + b for a, b in zip(bottom, share)]
+    left.set_title("label share per batch")
+    left.legend(fontsize=7)
+    right.bar(names, [b["mean_chars"] for b in data["batches"]])
+    right.set_title("mean text length (chars)")
+    for ax in (left, right):
+        ax.tick_params(axis="x", labelrotation=45, labelsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "drift.png", dpi=100)
+    plt.close(fig)
+    return "drift.png"
+
+
+def write_report(data: dict, out: Path) -> Path:
+    """A static dashboard: index.html, pictures beside it, data.json; no server needed."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "data.json").write_text(json.dumps(data, indent=1, default=str))
+    pictures = [_plot_metrics(data, out), _plot_timeline(data, out) if data["ledger"] else None,
+                _plot_drift(data, out) if data["batches"] else None]
+    e = html.escape
+    rows = []
+    for v in data["versions"]:
+        t = v["tags"]
+        rows.append(
+            f"<tr><td>v{e(v['version'])}{' (champion)' if v['version'] == data['champion'] else ''}</td>"
+            f"<td>{e(t.get('kaizen.new_batches', ''))}</td><td>{e(t.get('kaizen.gate_verdict', '-'))}</td>"
+            f"<td>{_num(_metric(v, 'new', 'challenger'))}</td><td>{_num(_metric(v, 'new', 'champion'))}</td>"
+            f"<td>{_num(_metric(v, 'regression', 'challenger'))}</td><td>{_num(_metric(v, 'regression', 'champion'))}</td>"
+            f"<td>{_num(_metric(v, 'new', 'challenger', 'macro_f1'))}</td><td>{_num(_metric(v, 'new', 'challenger', 'ece'))}</td>"
+            f"<td><code>{e(t.get('kaizen.data_md5', ''))}</code></td></tr>"
+        )
+    gates = []
+    for v in data["versions"]:
+        gate = v.get("gate") or {}
+        items = "".join(
+            f"<li class='{'ok' if r['passed'] else 'bad'}'>{e(r['name'])}: {_num(r['value'])} "
+            f"{e(r['op'])} {r['threshold']:g} {e(r.get('note') or '')}</li>"
+            for r in gate.get("rules", [])
+        )
+        gates.append(f"<h3>v{e(v['version'])}: {e(gate.get('verdict', 'no gate report'))}</h3><ul>{items}</ul>")
+    ledger = "".join(
+        f"<tr><td>{m['seq']}</td><td>{e(m['when'])}</td><td>{e(m['action'])}</td><td>v{e(str(m['from_version'] or '-'))}</td>"
+        f"<td>v{e(m['to_version'])}</td><td>{e(m['who'])}</td><td>{e(m['why'])}</td></tr>"
+        for m in data["ledger"]
+    )
+    drift = "".join(
+        f"<tr><td>{e(b['batch_id'])}</td><td>{e(b['status'])}</td><td>{b['rows']}</td>"
+        + "".join(f"<td>{b['label_share'][label]:.3f}</td>" for label in data["labels"])
+        + f"<td>{b['mean_chars']:.1f}</td><td>{b['p95_chars']:.1f}</td></tr>"
+        for b in data["batches"]
+    )
+    label_heads = "".join(f"<th>share {e(label)}</th>" for label in data["labels"])
+    images = "".join(f"<img src='{p}' alt='{p}'>" for p in pictures if p)
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>kaizen: {e(data['model'])}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse;margin:1em 0}}
+td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}.ok{{color:#176}}.bad{{color:#b21;font-weight:bold}}
+img{{max-width:100%;margin:.5em 0;display:block}}</style></head><body>
+<h1>kaizen: {e(data['model'])}</h1><p>Champion: <b>v{e(str(data['champion'] or '-'))}</b></p>
+{images}
+<h2>Champion timeline</h2><table><tr><th>#</th><th>when</th><th>action</th><th>from</th><th>to</th><th>who</th><th>why</th></tr>{ledger}</table>
+<h2>Versions</h2><table><tr><th>version</th><th>new batches</th><th>gate</th><th>new acc</th><th>champion new acc</th>
+<th>regression acc</th><th>champion regression acc</th><th>new macro-F1</th><th>new ECE</th><th>data md5</th></tr>{''.join(rows)}</table>
+<h2>Gate decisions</h2>{''.join(gates)}
+<h2>Drift per batch</h2><table><tr><th>batch</th><th>status</th><th>rows</th>{label_heads}<th>mean chars</th><th>p95 chars</th></tr>{drift}</table>
+</body></html>"""
+    (out / "index.html").write_text(page)
+    return out / "index.html"

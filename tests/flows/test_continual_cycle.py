@@ -3,6 +3,8 @@ remote, GX validation, and a tiny random 2-layer encoder."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.conftest import tree_snapshot
@@ -102,7 +104,6 @@ def test_cycle_bootstrap_promote_quarantine_reject_rollback(workspace, demo_file
     # `kaizen status --json` reports champion, challenger, data version and the last verdict.
     capsys.readouterr()
     assert main(["status", "--json", "--workspace", str(workspace)]) == 0
-    import json
 
     status = json.loads(capsys.readouterr().out)
     assert status["champion"]["version"] == "1"
@@ -111,9 +112,57 @@ def test_cycle_bootstrap_promote_quarantine_reject_rollback(workspace, demo_file
     assert status["data_version"] == data_version(ws)
 
 
+    # `kaizen history` prints both moves around the rollback.
+    capsys.readouterr()
+    assert main(["history", "--workspace", str(workspace)]) == 0
+    history = capsys.readouterr().out.strip().splitlines()
+    assert len(history) == 3 and "promote" in history[1] and "v1 -> v2" in history[1]
+    assert "rollback" in history[2] and "v2 -> v1" in history[2] and "test rollback" in history[2]
+
+    # `kaizen report` writes a static dashboard holding the recorded numbers.
+    out = workspace.parent / "report"
+    assert main(["report", "--out", str(out), "--workspace", str(workspace)]) == 0
+    page = (out / "index.html").read_text()
+    for picture in ("metrics.png", "timeline.png", "drift.png"):
+        assert (out / picture).stat().st_size > 1000 and f"src='{picture}'" in page
+    recorded = json.loads((out / "data.json").read_text())
+    assert [v["version"] for v in recorded["versions"]] == ["1", "2", "3"]
+    assert f"{second['metrics']['new.challenger.accuracy']:.4f}" in page
+    assert f"{second['metrics']['regression.champion.accuracy']:.4f}" in page
+    assert f"{noised['metrics']['new.challenger.accuracy']:.4f}" in page
+    assert "test rollback" in page and "demo-3-corrupt" in page and "quarantined" in page
+    v3_gate = next(v["gate"] for v in recorded["versions"] if v["version"] == "3")
+    assert v3_gate["verdict"] == "reject" and v3_gate["reasons"] == noised["reasons"]
+
+
 def test_nothing_to_do_when_no_new_batches(workspace):
     from flows.pipeline import continual_training
 
     summary = continual_training(workspace=str(workspace))
     assert summary["status"] == "nothing-to-do"
     assert summary["version"] is None
+
+
+def test_backtest_replays_history_in_its_own_workspace(workspace, tmp_path, capsys):
+    from flows.cli import main
+    from tests.conftest import SHARED
+
+    target = tmp_path / "bt"
+    capsys.readouterr()
+    code = main(["backtest", "--source", str(SHARED / "sst2" / "validation.csv"), "--batches", "2", "--rows", "150",
+                 "--into", str(target), "--json", "--workspace", str(workspace)])
+    assert code == 0
+    records = json.loads(capsys.readouterr().out)
+    assert [r["cycle"] for r in records] == [1, 2]
+    assert [r["batch"] for r in records] == ["validation-001", "validation-002"]
+    for r in records:
+        assert r["outcome"] in {"promoted", "rejected"}
+        assert r["new_accuracy"] is not None and 0 <= r["new_accuracy"] <= 1
+        assert r["promoted"] == (r["outcome"] == "promoted")
+        assert r["promoted"] or r["reasons"]
+    assert records[0]["regression_accuracy"] is None  # nothing earlier to forget on the first cycle
+    import pandas as pd
+
+    first = pd.read_csv(target / ".kaizen" / "backtest-input" / "validation-001.csv")
+    assert set(first["label"]) == {"negative", "positive"}  # named from label_names.txt
+    assert not (workspace / "data" / "manifest.json").exists()  # the home workspace is untouched

@@ -1,43 +1,38 @@
-"""Behaviour of a trained model (CheckList-style): minimum functionality, invariance, direction.
-
-The model is the tiny encoder trained on the demo corpus, so these tests check that the
-training task produces a model that behaves, not just one that scores.
-"""
+"""Behaviour of the demo's champion (CheckList-style): minimum functionality, invariance,
+direction. The demo runs for real (Prefect, DVC, GX, MLflow) with the tiny encoder; the
+champion it leaves behind is loaded from the registry like `kaizen predict` does."""
 
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 
-from models.classifier import load_classifier
-from tasks.config import TrainConfig
-from tasks.dataset import Examples
-from tasks.demo_data import RESTAURANT, make_domain_batch
-from tasks.featurize import tokenize_texts
-from tasks.inference import predict_proba
-from tasks.train import train_classifier
+from tasks.demo_data import GADGET, RESTAURANT, make_domain_batch
+from tests.conftest import make_workspace
 
-LABELS = ["negative", "positive"]
-
-
-def _examples(frame: pd.DataFrame, tokenizer) -> Examples:
-    ids, offsets = tokenize_texts(frame["text"].tolist(), tokenizer, 64)
-    rows = [ids[offsets[i]:offsets[i + 1]] for i in range(len(frame))]
-    return Examples(rows, frame["label"].map({"negative": 0, "positive": 1}).to_numpy(), frame)
+pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
 @pytest.fixture(scope="module")
-def classify(tmp_path_factory):
+def classify(tmp_path_factory, prefect_harness):
     import torch
 
-    target = tmp_path_factory.mktemp("model") / "m"
-    _, tokenizer = load_classifier("tiny", LABELS)
-    train = _examples(make_domain_batch(RESTAURANT, "restaurants", 500, seed=1), tokenizer)
-    val = _examples(make_domain_batch(RESTAURANT, "restaurants", 100, seed=2), tokenizer)
-    config = TrainConfig(epochs=8, batch_size=16, lr=3e-3, warmup_ratio=0.05, patience=3, seed=3)
-    train_classifier("tiny", LABELS, train, val, config, target, log=lambda _: None)
-    model, tokenizer = load_classifier(str(target), LABELS)
+    from flows.cli import main
+    from models.classifier import load_classifier
+    from tasks.config import load_config
+    from tasks.featurize import tokenize_texts
+    from tasks.inference import predict_proba
+    from tasks.registry import CHAMPION, connect, download_model, get_alias
+    from tasks.workspace import Workspace
+
+    root = make_workspace(tmp_path_factory.mktemp("demo") / "ws")
+    assert main(["demo", "--rows", "400", "--workspace", str(root)]) == 0
+    ws = Workspace.at(root)
+    config = load_config(ws.root)
+    client = connect(ws, config)
+    champion = get_alias(client, config.registry.model_name, CHAMPION)
+    assert champion is not None and champion.version == "2"  # the shifted batch's challenger won
+    model, tokenizer = load_classifier(str(download_model(client, champion, root.parent / "champion")), config.labels)
 
     def predict(texts: list[str]) -> np.ndarray:
         ids, offsets = tokenize_texts(texts, tokenizer, 64)
@@ -47,23 +42,30 @@ def classify(tmp_path_factory):
     return predict
 
 
-def test_minimum_functionality_on_unseen_reviews(classify):
-    held_out = make_domain_batch(RESTAURANT, "restaurants", 200, seed=99)
+@pytest.mark.parametrize("domain,name", [(RESTAURANT, "restaurants"), (GADGET, "gadgets")])
+def test_minimum_functionality_on_unseen_reviews_of_both_domains(classify, domain, name):
+    held_out = make_domain_batch(domain, name, 200, seed=99)
     predicted = classify(held_out["text"].tolist()).argmax(axis=1)
     truth = held_out["label"].map({"negative": 0, "positive": 1}).to_numpy()
-    assert (predicted == truth).mean() >= 0.9
+    assert (predicted == truth).mean() >= 0.85, name
 
 
-def test_invariance_to_the_dish_named(classify):
-    pairs = [("The pasta was delicious and the staff made our evening.", "The curry was delicious and the staff made our evening."),
-             ("The soup tasted stale and the service was rude and slow.", "The salad tasted stale and the service was rude and slow.")]
+def test_invariance_to_the_thing_named(classify):
+    pairs = [
+        ("The pasta was delicious and the staff made our evening.", "The curry was delicious and the staff made our evening."),
+        ("The soup tasted stale and the service was rude and slow.", "The salad tasted stale and the service was rude and slow."),
+        ("The battery drains overnight and the charger crashes on launch.", "The keyboard drains overnight and the charger crashes on launch."),
+    ]
     for a, b in pairs:
         pa, pb = classify([a, b])
         assert pa.argmax() == pb.argmax(), (a, b)
 
 
-def test_direction_of_a_negative_clause(classify):
-    positive = "The steak was cooked to perfection and the coffee was lovely."
-    negative = "The steak was cooked to perfection and the coffee tasted stale."
-    p_pos, p_neg = classify([positive, negative])
-    assert p_neg[1] < p_pos[1]  # adding a complaint lowers P(positive)
+def test_direction_of_an_added_complaint(classify):
+    base = ["The steak was cooked to perfection and the coffee was lovely.",
+            "The hinge survived a drop onto tiles and the speaker runs silently under load."]
+    worse = ["The steak was cooked to perfection and the coffee tasted stale.",
+             "The hinge survived a drop onto tiles and the speaker crackles at half volume."]
+    for b, w in zip(base, worse):
+        p_base, p_worse = classify([b, w])
+        assert p_worse[1] < p_base[1], (b, w)  # a complaint lowers P(positive)

@@ -1,0 +1,98 @@
+"""`kaizen backtest`: replay a historical labelled file as a stream of batches through the
+real cycle, in a workspace of its own, and report what kaizen would have done."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import typer
+import yaml
+
+from flows.demo import replay_feed
+from tasks.config import CONFIG_FILE
+from tasks.demo_data import split_source
+from tasks.errors import KaizenError
+from tasks.versioning import init_repo
+from tasks.workspace import Workspace
+
+
+def make_backtest_workspace(home: Workspace, into: Path | None) -> Workspace:
+    """A fresh workspace that starts from the current workspace's kaizen.yaml."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    target = Workspace.at(into or home.state / "backtests" / stamp)
+    if target.root.exists() and any(target.root.iterdir()):
+        raise KaizenError(f"{target.root} is not empty; a backtest needs a fresh workspace")
+    target.root.mkdir(parents=True, exist_ok=True)
+    source_config = home.root / CONFIG_FILE
+    if source_config.exists():
+        (target.root / CONFIG_FILE).write_text(source_config.read_text())
+    init_repo(target)
+    return target
+
+
+def _get(summary: dict, key: str) -> float | None:
+    return (summary.get("metrics") or {}).get(key)
+
+
+def backtest_record(cycle: int, summary: dict) -> dict:
+    champion_old = _get(summary, "regression.champion.accuracy")
+    challenger_old = _get(summary, "regression.challenger.accuracy")
+    return {
+        "cycle": cycle,
+        "batch": summary.get("batch"),
+        "outcome": summary.get("status"),
+        "promoted": summary.get("status") == "promoted",
+        "version": summary.get("version"),
+        "champion_after": summary.get("champion_after"),
+        "reasons": summary.get("reasons") or [],
+        "new_accuracy": _get(summary, "new.challenger.accuracy"),
+        "new_accuracy_champion": _get(summary, "new.champion.accuracy"),
+        "new_macro_f1": _get(summary, "new.challenger.macro_f1"),
+        "regression_accuracy": challenger_old,
+        "regression_accuracy_champion": champion_old,
+        # How much of what the champion knew the challenger lost (positive = forgot).
+        "forgetting": None if champion_old is None or challenger_old is None else champion_old - challenger_old,
+        "seconds": round(summary.get("seconds", 0.0), 1),
+    }
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def print_table(records: list[dict], total: float) -> None:
+    head = f"{'cycle':<6}{'batch':<16}{'outcome':<13}{'champion':<9}{'new acc':<16}{'regression acc':<16}{'forgetting':<11}{'secs':>6}"
+    typer.echo(head)
+    typer.echo("-" * len(head))
+    for r in records:
+        typer.echo(
+            f"{r['cycle']:<6}{r['batch'][-15:]:<16}{r['outcome']:<13}{'v' + (r['champion_after'] or '-'):<9}"
+            f"{_fmt(r['new_accuracy']) + '/' + _fmt(r['new_accuracy_champion']):<16}"
+            f"{_fmt(r['regression_accuracy']) + '/' + _fmt(r['regression_accuracy_champion']):<16}"
+            f"{_fmt(r['forgetting']):<11}{r['seconds']:>6.1f}"
+        )
+        for reason in r["reasons"][:3]:
+            typer.echo(f"{'':<6}why: {reason}")
+    typer.echo(f"(accuracies: challenger/champion; {len(records)} cycles in {total:.1f}s)")
+
+
+def run_backtest(home: Workspace, source: Path, batches: int, rows: int | None, order_by: str | None,
+                 into: Path | None, overrides: dict, as_json: bool) -> list[dict]:
+    target = make_backtest_workspace(home, into)
+    feed, labels = split_source(source, target.state / "backtest-input", batches, rows, shuffle=False,
+                                order_by=order_by)
+    started = time.perf_counter()
+    echo = (lambda *_: None) if as_json else typer.echo
+    echo(f"backtest: {len(feed)} batches of {source} in workspace {target.root}")
+    results = replay_feed(target, feed, {"labels": labels, **overrides}, echo=echo)
+    records = [backtest_record(i + 1, r) for i, r in enumerate(results)]
+    if as_json:
+        typer.echo(json.dumps(records, indent=1))
+    else:
+        typer.echo("")
+        print_table(records, time.perf_counter() - started)
+        typer.echo(f"workspace kept at {target.root} (kaizen status / report --workspace {target.root})")
+    return records
