@@ -48,6 +48,7 @@ def backtest_record(cycle: int, summary: dict) -> dict:
         "version": summary.get("version"),
         "champion_after": summary.get("champion_after"),
         "reasons": summary.get("reasons") or [],
+        "data": "withdrawn" if summary.get("withdrawn") else ("pending" if summary.get("pending") else "kept"),
         "new_accuracy": _get(summary, "new.challenger.accuracy"),
         "new_accuracy_champion": _get(summary, "new.champion.accuracy"),
         "new_macro_f1": _get(summary, "new.challenger.macro_f1"),
@@ -76,6 +77,8 @@ def print_table(records: list[dict], total: float) -> None:
         )
         for reason in r["reasons"][:3]:
             typer.echo(f"{'':<6}why: {reason}")
+        if r["data"] != "kept":
+            typer.echo(f"{'':<6}data: batch {r['data']}")
     typer.echo(f"(accuracies: challenger/champion; {len(records)} cycles in {total:.1f}s)")
 
 

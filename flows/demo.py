@@ -92,6 +92,10 @@ def print_summary(results: list[dict], total: float) -> None:
         )
         for reason in (r.get("reasons") or [])[:4]:
             typer.echo(f"{'':<22}  why: {reason}")
+        if r.get("withdrawn"):
+            typer.echo(f"{'':<22}  data: withdrawn to quarantine (the failures implicate the batch)")
+        if r.get("pending"):
+            typer.echo(f"{'':<22}  data: kept pending for the next cycle")
     stages: dict[str, float] = {}
     for r in results:
         for stage, secs in (r.get("timings") or {}).items():

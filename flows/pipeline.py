@@ -24,7 +24,7 @@ from tasks import ingest as ingest_mod
 from tasks import registry, train as train_mod, validate as validate_mod, versioning
 from tasks import report as report_mod
 from tasks.config import KaizenConfig, load_config
-from tasks.cycle import NEW_BATCHES_TAG, PARENT_TAG, CycleSummary, plan_cycle
+from tasks.cycle import NEW_BATCHES_TAG, PARENT_TAG, PENDING_TAG, CycleSummary, plan_cycle
 from tasks.errors import KaizenError
 from tasks.featurize import featurize_batch
 from tasks.workspace import Workspace
@@ -247,6 +247,9 @@ def _run_cycle(ws: Workspace, config: KaizenConfig, summary: CycleSummary, logge
             "kaizen.gate_verdict": decision.verdict,
             "kaizen.gate_reasons": "; ".join(decision.reasons)[:4000],
         }
+        withdraw = not decision.passed and gate_mod.implicates_data(decision)
+        if not decision.passed and not withdraw:
+            tags[PENDING_TAG] = "true"
         examples = ingest_mod.load_batch(ws, plan.new_batches[0])["text"].head(3).tolist()
         with timed(summary, "register+promote"):
             ref = register_task(client, config, run.info.run_id, Path(result.model_dir), tags, examples)
@@ -263,10 +266,15 @@ def _run_cycle(ws: Workspace, config: KaizenConfig, summary: CycleSummary, logge
         else:
             summary.status = "rejected" if not decision.passed else "registered"
             logger.info(f"registry: v{ref.version} is challenger; champion stays v{plan.champion_version or '-'}")
-        if not decision.passed:
+        if withdraw:
             with timed(summary, "ingest+validate"):
                 summary.data_version = withdraw_task(ws, plan.new_batches, ref.version, decision.to_json())
-            logger.info(f"data: batches {plan.new_batches} withdrawn to quarantine; data version {summary.data_version}")
+            summary.withdrawn = plan.new_batches
+            logger.info(f"data: the gate's failures implicate the data; batches {plan.new_batches} withdrawn to "
+                        f"quarantine; data version {summary.data_version}")
+        elif not decision.passed:
+            summary.pending = plan.new_batches
+            logger.info(f"data: batches {plan.new_batches} stay pending and join the next cycle's training data")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

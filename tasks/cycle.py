@@ -13,6 +13,8 @@ from tasks.workspace import Workspace
 
 NEW_BATCHES_TAG = "kaizen.new_batches"
 PARENT_TAG = "kaizen.parent_version"
+# Set on a rejected version whose batches stay pending for the next cycle.
+PENDING_TAG = "kaizen.batches_pending"
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,8 @@ class CycleSummary:
     flow_run_id: str | None = None
     mlflow_run_id: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    withdrawn: list[str] = field(default_factory=list)  # rejected batches moved to quarantine
+    pending: list[str] = field(default_factory=list)  # rejected batches kept for the next cycle
     finished_at: str = ""
 
     def save(self, path: Path) -> None:
@@ -65,7 +69,12 @@ def lineage(client, name: str, version: str | None) -> list[str]:
 
 
 def plan_cycle(ws: Workspace, client, name: str) -> CyclePlan:
-    consumed = {b for ref in list_versions(client, name) for b in _split_tag(ref.tags.get(NEW_BATCHES_TAG))}
+    consumed = {
+        b
+        for ref in list_versions(client, name)
+        if ref.tags.get(PENDING_TAG) != "true"
+        for b in _split_tag(ref.tags.get(NEW_BATCHES_TAG))
+    }
     new = [b for b in batch_ids(ws) if b not in consumed]
     champion = get_alias(client, name, CHAMPION)
     version = champion.version if champion else None

@@ -24,6 +24,7 @@ class Rule:
     op: str  # ">=", "<=", ">" or "n/a" (reported, not judged)
     passed: bool
     note: str = ""
+    kind: str = ""  # size | floor | improvement | non-inferiority | calibration | latency
 
 
 @dataclass(frozen=True)
@@ -71,11 +72,21 @@ def describe(rule: Rule) -> str:
     return f"{text} ({rule.note})" if rule.note else text
 
 
-def check(name: str, value: float | None, threshold: float, op: str = ">=", note: str = "") -> Rule:
+def check(name: str, value: float | None, threshold: float, op: str = ">=", note: str = "", kind: str = "") -> Rule:
     if _bad(value):
-        return Rule(name, None, threshold, op, False, note)
+        return Rule(name, None, threshold, op, False, note, kind)
     passed = {">=": value >= threshold, "<=": value <= threshold, ">": value > threshold}[op]
-    return Rule(name, float(value), threshold, op, bool(passed), note)
+    return Rule(name, float(value), threshold, op, bool(passed), note, kind)
+
+
+# Failures that say the new data itself is suspect: its own test split cannot be learned
+# (floors), or learning it made the model forget (non-inferiority). Other failures (too few
+# rows, a gain within the noise, calibration, latency) say "not yet", not "bad data".
+DATA_SUSPECT = {"floor", "non-inferiority"}
+
+
+def implicates_data(decision: GateDecision) -> bool:
+    return decision.mode == "challenge" and any(not r.passed and r.kind in DATA_SUSPECT for r in decision.rules)
 
 
 def _get(evaluation: Evaluation, set_name: str, side: str, metric: str) -> float | None:
@@ -94,7 +105,7 @@ def _ci_note(s: SetEvaluation | None) -> str:
 
 def _noninferior(s: SetEvaluation, policy: GateConfig) -> Rule:
     return check(f"{s.name} accuracy delta CI low (non-inferiority)", s.ci_low.get("accuracy"),
-                 -policy.noninferiority_margin, ">=", _ci_note(s))
+                 -policy.noninferiority_margin, ">=", _ci_note(s), "non-inferiority")
 
 
 def _slice_rules(evaluation: Evaluation, policy: GateConfig) -> list[Rule]:
@@ -102,7 +113,7 @@ def _slice_rules(evaluation: Evaluation, policy: GateConfig) -> list[Rule]:
     for s in evaluation.slices():
         if s.rows < policy.min_slice_rows:
             rules.append(Rule(f"{s.name} accuracy delta CI low (non-inferiority)", s.delta.get("accuracy"), 0.0,
-                              "n/a", True, f"{s.rows} rows < min_slice_rows {policy.min_slice_rows}"))
+                              "n/a", True, f"{s.rows} rows < min_slice_rows {policy.min_slice_rows}", "non-inferiority"))
         else:
             rules.append(_noninferior(s, policy))
     return rules
@@ -110,36 +121,40 @@ def _slice_rules(evaluation: Evaluation, policy: GateConfig) -> list[Rule]:
 
 def decide(evaluation: Evaluation, policy: GateConfig, has_champion: bool) -> GateDecision:
     new = evaluation.get("new")
-    rows = check("rows in new test split", None if new is None else float(new.rows), policy.min_eval_rows)
+    rows = check("rows in new test split", None if new is None else float(new.rows), policy.min_eval_rows, kind="size")
     if not has_champion:
         b = policy.bootstrap
         rules = [
             rows,
-            check("new accuracy (bootstrap)", _get(evaluation, "new", "challenger", "accuracy"), b.min_accuracy_new),
-            check("new ece (bootstrap)", _get(evaluation, "new", "challenger", "ece"), b.max_ece, "<="),
+            check("new accuracy (bootstrap)", _get(evaluation, "new", "challenger", "accuracy"), b.min_accuracy_new,
+                  kind="floor"),
+            check("new ece (bootstrap)", _get(evaluation, "new", "challenger", "ece"), b.max_ece, "<=", kind="calibration"),
         ]
         return GateDecision(all(r.passed for r in rules), "bootstrap", rules)
 
     rules = [
         rows,
-        check("new accuracy", _get(evaluation, "new", "challenger", "accuracy"), policy.min_accuracy_new),
-        check("new macro_f1", _get(evaluation, "new", "challenger", "macro_f1"), policy.min_macro_f1_new),
+        check("new accuracy", _get(evaluation, "new", "challenger", "accuracy"), policy.min_accuracy_new, kind="floor"),
+        check("new macro_f1", _get(evaluation, "new", "challenger", "macro_f1"), policy.min_macro_f1_new, kind="floor"),
     ]
     gain = None if new is None else new.ci_low.get("accuracy")
-    rules.append(check("new accuracy delta CI low (improvement)", gain, policy.min_improvement_new, ">", _ci_note(new)))
+    rules.append(check("new accuracy delta CI low (improvement)", gain, policy.min_improvement_new, ">", _ci_note(new),
+                       "improvement"))
     regression = evaluation.get("regression")
     rules.append(_noninferior(regression, policy) if regression is not None
-                 else check("regression accuracy delta CI low (non-inferiority)", None, -policy.noninferiority_margin))
+                 else check("regression accuracy delta CI low (non-inferiority)", None, -policy.noninferiority_margin,
+                            kind="non-inferiority"))
     golden = evaluation.get("golden")
     if golden is not None:
         rules.append(_noninferior(golden, policy))
     rules += _slice_rules(evaluation, policy)
-    rules.append(check("new ece", _get(evaluation, "new", "challenger", "ece"), policy.max_ece, "<="))
+    rules.append(check("new ece", _get(evaluation, "new", "challenger", "ece"), policy.max_ece, "<=", kind="calibration"))
     lat = evaluation.latency_ms
     ratio = None
     if "challenger" in lat and "champion" in lat and lat["champion"]["p95"] > 0:
         ratio = lat["challenger"]["p95"] / lat["champion"]["p95"]
-    rules.append(check("latency p95 ratio vs champion", ratio, policy.max_latency_ratio, "<="))
+    rules.append(check("latency p95 ratio vs champion", ratio, policy.max_latency_ratio, "<=", kind="latency"))
     if policy.max_latency_p95_ms > 0:
-        rules.append(check("latency p95 ms", lat.get("challenger", {}).get("p95"), policy.max_latency_p95_ms, "<="))
+        rules.append(check("latency p95 ms", lat.get("challenger", {}).get("p95"), policy.max_latency_p95_ms, "<=",
+                           kind="latency"))
     return GateDecision(all(r.passed for r in rules), "challenge", rules)

@@ -124,3 +124,21 @@ def test_report_formats_round_trip():
     from tasks.gate import GateDecision
 
     assert GateDecision.from_json(decision.to_json()) == decision
+
+
+def test_which_failures_implicate_the_data():
+    from tasks.gate import implicates_data
+
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 2, 300)
+    old = _evaluate("regression", y, y, y)
+    noisy_new = _evaluate("new", y, _flip(y, np.arange(120)), _flip(y, np.arange(120)))  # 60%: floor fails
+    assert implicates_data(decide(Evaluation([noisy_new, old], LABELS, LATENCY), POLICY, True))
+    no_gain = _evaluate("new", y, _flip(y, np.arange(20)), _flip(y, np.arange(20)))  # 93%, no gain
+    decision = decide(Evaluation([no_gain, old], LABELS, LATENCY), POLICY, True)
+    assert not decision.passed and not implicates_data(decision)
+    forgot = _evaluate("regression", y, _flip(y, np.arange(60)), y)
+    good_new = _evaluate("new", y, y, _flip(y, np.arange(60)))
+    assert implicates_data(decide(Evaluation([good_new, forgot], LABELS, LATENCY), POLICY, True))
+    weak_first = Evaluation([_set("new", 50, {"accuracy": 0.5, "macro_f1": 0.5, "ece": 0.05})])
+    assert not implicates_data(decide(weak_first, POLICY, has_champion=False))  # more data may fix a bootstrap

@@ -38,6 +38,18 @@ def test_cycle_bootstrap_promote_quarantine_reject_rollback(workspace, demo_file
     from tasks.registry import CHALLENGER, CHAMPION, get_alias, list_versions, read_ledger
     from tasks.versioning import data_version
 
+    # A hand-curated golden set from config is evaluated every cycle beside new/regression.
+    import pandas as pd
+    import yaml
+
+    from tasks.demo_data import GADGET, RESTAURANT, make_domain_batch
+
+    golden = pd.concat([make_domain_batch(RESTAURANT, "restaurants", 40, 77), make_domain_batch(GADGET, "gadgets", 40, 78)])
+    golden.to_csv(workspace / "golden.csv", index=False)
+    settings = yaml.safe_load((workspace / "kaizen.yaml").read_text())
+    settings["evaluate"]["golden_file"] = "golden.csv"
+    (workspace / "kaizen.yaml").write_text(yaml.safe_dump(settings))
+
     ws, config, client, name = _registry(workspace)
     run = lambda batch_id: continual_training(  # noqa: E731
         files=[str(demo_files[batch_id])], batch_ids=[batch_id], workspace=str(workspace)
@@ -63,6 +75,7 @@ def test_cycle_bootstrap_promote_quarantine_reject_rollback(workspace, demo_file
     assert get_alias(client, name, CHAMPION).version == "2"
     assert second["metrics"]["new.challenger.accuracy"] > second["metrics"]["new.champion.accuracy"]
     assert "regression.challenger.accuracy" in second["metrics"]
+    assert "golden.ci_low.accuracy" in second["metrics"] and "latency.challenger.p95_ms" in second["metrics"]
     v2 = get_alias(client, name, CHAMPION)
     assert v2.tags["kaizen.batch_ids"] == "demo-1-restaurants,demo-2-gadgets"
     assert v2.tags["kaizen.parent_version"] == "1"
@@ -84,6 +97,7 @@ def test_cycle_bootstrap_promote_quarantine_reject_rollback(workspace, demo_file
     noised = run("demo-4-noised")
     assert noised["status"] == "rejected", noised
     assert noised["verdict"] == "reject" and noised["reasons"]
+    assert noised["withdrawn"] == ["demo-4-noised"] and noised["pending"] == []
     assert get_alias(client, name, CHAMPION).version == "2"
     assert get_alias(client, name, CHALLENGER).version == noised["version"] == "3"
     # The rejected batch leaves the training history; the data version is the champion's again.
@@ -161,6 +175,17 @@ def test_backtest_replays_history_in_its_own_workspace(workspace, tmp_path, caps
         assert r["promoted"] == (r["outcome"] == "promoted")
         assert r["promoted"] or r["reasons"]
     assert records[0]["regression_accuracy"] is None  # nothing earlier to forget on the first cycle
+    # 120 training rows of SST-2 are too few for the tiny encoder: the bootstrap is rejected, and
+    # since more data may fix that, its batch stays pending and joins the second cycle.
+    assert records[0]["outcome"] == "rejected" and records[0]["data"] == "pending"
+    from tasks.config import load_config
+    from tasks.registry import connect, get_version
+    from tasks.workspace import Workspace
+
+    bt = Workspace.at(target)
+    config = load_config(bt.root)
+    second = get_version(connect(bt, config), config.registry.model_name, records[1]["version"])
+    assert second.tags["kaizen.new_batches"] == "validation-001,validation-002"
     import pandas as pd
 
     first = pd.read_csv(target / ".kaizen" / "backtest-input" / "validation-001.csv")
