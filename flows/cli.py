@@ -89,14 +89,22 @@ def ingest(
 
 @app.command()
 def validate(file: Path, workspace: WorkspaceOpt = None, set_: SetOpt = None) -> None:
-    """Run the validation suite on FILE without ingesting it."""
-    from tasks.ingest import prepare_batch, read_table
+    """Run the validation suite (with drift and leakage against this workspace) without ingesting."""
+    from models.classifier import load_tokenizer
+    from tasks.history import load_history
+    from tasks.ingest import extra_columns, prepare_batch, read_table
     from tasks.validate import validate_batch
 
-    _, config = _context(workspace, set_)
-    report = validate_batch(prepare_batch(read_table(file), config, str(file)), config)
+    ws, config = _context(workspace, set_)
+    raw = read_table(file)
+    batch = prepare_batch(raw, config, str(file))
+    tokenizer = load_tokenizer(config.model.base)
+    history, keys = load_history(ws, tokenizer) if ws.manifest.exists() else (None, None)
+    report = validate_batch(batch, config, extra_columns(raw, config), history, keys, tokenizer)
+    for line in report.warning_lines():
+        typer.echo(f"{file}: warning: {line}", err=True)
     if report.success:
-        typer.echo(f"{file}: all {len(report.outcomes)} expectations pass ({report.rows} rows)")
+        typer.echo(f"{file}: all {len(report.outcomes)} checks pass ({report.rows} rows)")
         return
     for line in report.failure_lines():
         typer.echo(f"{file}: {line}", err=True)

@@ -22,6 +22,7 @@ from tasks import evaluate as evaluate_mod
 from tasks import gate as gate_mod
 from tasks import ingest as ingest_mod
 from tasks import registry, train as train_mod, validate as validate_mod, versioning
+from tasks import history as history_mod
 from tasks import report as report_mod
 from tasks.config import KaizenConfig, load_config
 from tasks.cycle import NEW_BATCHES_TAG, PARENT_TAG, PENDING_TAG, CycleSummary, plan_cycle
@@ -41,7 +42,8 @@ class BatchRejected(KaizenError):
 
 # One-line wrappers. Inputs are paths, ids and configs; outputs are small dataclasses.
 stage_task = task(ingest_mod.stage_file, name="stage", cache_policy=NO_CACHE)
-validate_task = task(validate_mod.validate_file, name="validate", cache_policy=NO_CACHE)
+validate_task = task(validate_mod.validate_staged, name="validate", cache_policy=NO_CACHE)
+record_history_task = task(history_mod.record_batch, name="record-history", cache_policy=NO_CACHE)
 quarantine_task = task(validate_mod.quarantine_staged, name="quarantine", cache_policy=NO_CACHE)
 accept_task = task(ingest_mod.accept_batch, name="version-data", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
 featurize_task = task(featurize_batch, name="featurize", cache_policy=NO_CACHE)
@@ -78,16 +80,36 @@ def _artifact_key(text: str) -> str:
 def ingest_one(ws: Workspace, config: KaizenConfig, file: str, batch_id: str | None) -> ingest_mod.BatchInfo:
     logger = get_run_logger()
     staged = stage_task(ws, config, file, batch_id)
-    report = validate_task(staged.path, config)
+    report = validate_task(ws, staged, config)
     ws.reports.mkdir(parents=True, exist_ok=True)
-    (ws.reports / f"validation-{staged.batch_id}.json").write_text(report.to_json())
+    report_path = ws.reports / f"validation-{staged.batch_id}.json"
+    report_path.write_text(report.to_json())
     publish_validation(report, staged.batch_id)
+    log_validation(ws, config, staged.batch_id, report, report_path)
+    for line in report.warning_lines():
+        logger.warning(f"validate: {staged.batch_id}: {line}")
     if not report.success:
         where = quarantine_task(ws.quarantine, staged, report)
         raise BatchRejected(staged.batch_id, report.failure_lines(), where)
     info, version = accept_task(ws, staged, versioning.commit_data)
+    record_history_task(ws, info.batch_id, ingest_mod.load_batch(ws, info.batch_id), load_tokenizer(config.model.base))
     logger.info(f"ingest: batch {info.batch_id} ({info.rows} rows, splits {info.split_counts}) -> data version {version}")
     return info
+
+
+def log_validation(ws: Workspace, config: KaizenConfig, batch_id: str, report, report_path: Path) -> None:
+    """Every validation is an MLflow run of the `<project>-data` experiment, with its reports."""
+    client = registry.connect(ws, config)
+    experiment = registry.ensure_experiment(client, ws, config, f"{config.project}-data")
+    run = client.create_run(experiment, run_name=f"validate-{batch_id}",
+                            tags={"kaizen.batch_id": batch_id, "kaizen.validation": "pass" if report.success else "fail",
+                                  "kaizen.flow_run_id": str(flow_run.get_id() or "")})
+    client.log_metric(run.info.run_id, "rows", report.rows)
+    client.log_metric(run.info.run_id, "failed_expectations", len(report.failures))
+    client.log_artifact(run.info.run_id, str(report_path))
+    if report.data_docs and Path(report.data_docs).exists():
+        client.log_artifacts(run.info.run_id, str(Path(report.data_docs).parent), "data_docs")
+    client.set_terminated(run.info.run_id)
 
 
 @flow(name="ingest")
@@ -109,10 +131,12 @@ def expected_failure(exc: KaizenError) -> State:
 
 
 @task(name="withdraw-batches", cache_policy=NO_CACHE)
-def withdraw_task(ws: Workspace, batch_ids: list[str], version: str, gate_json: str) -> str:
+def withdraw_task(ws: Workspace, batch_ids: list[str], version: str, gate_json: str, tokenizer) -> str:
     """A gate-rejected cycle's batches leave the training history (kept in quarantine)."""
     for batch_id in batch_ids:
+        batch = ingest_mod.load_batch(ws, batch_id)
         ingest_mod.withdraw_batch(ws, batch_id, ws.quarantine, f"gate rejected v{version}", gate_json)
+        history_mod.forget_batch(ws, batch_id, batch, tokenizer)
     return versioning.commit_data(ws)
 
 
@@ -268,7 +292,8 @@ def _run_cycle(ws: Workspace, config: KaizenConfig, summary: CycleSummary, logge
             logger.info(f"registry: v{ref.version} is challenger; champion stays v{plan.champion_version or '-'}")
         if withdraw:
             with timed(summary, "ingest+validate"):
-                summary.data_version = withdraw_task(ws, plan.new_batches, ref.version, decision.to_json())
+                summary.data_version = withdraw_task(ws, plan.new_batches, ref.version, decision.to_json(),
+                                                     load_tokenizer(config.model.base))
             summary.withdrawn = plan.new_batches
             logger.info(f"data: the gate's failures implicate the data; batches {plan.new_batches} withdrawn to "
                         f"quarantine; data version {summary.data_version}")

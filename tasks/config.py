@@ -49,9 +49,31 @@ class DataConfig(_Section):
     slice_columns: list[str] = []
 
 
+class DriftLimit(_Section):
+    threshold: float = Field(ge=0)
+    severity: Literal["warn", "fail"] = "warn"
+
+
+class DriftConfig(_Section):
+    label_tvd: DriftLimit = DriftLimit(threshold=0.25, severity="warn")
+    length_psi: DriftLimit = DriftLimit(threshold=0.25, severity="warn")
+    unk_rate_increase: DriftLimit = DriftLimit(threshold=1.0, severity="fail")
+
+
 class ValidationConfig(_Section):
     min_rows: int = Field(50, ge=1)
     max_text_chars: int = Field(2000, ge=1)
+    # Share of rows with encoding debris (U+FFFD from undecodable bytes, mojibake) allowed.
+    max_encoding_debris_rate: float = Field(0.01, ge=0, le=1)
+    # Share of rows whose normalised text repeats an earlier row of the batch.
+    max_duplicate_rate: float = Field(0.05, ge=0, le=1)
+    # Every label present must hold at least this share of the batch.
+    min_class_share: float = Field(0.05, ge=0, le=1)
+    # A label outside `labels` fails validation unless growth is allowed (then it warns).
+    allow_label_growth: bool = False
+    # Columns besides text, label and the slice columns fail validation unless allowed.
+    allow_extra_columns: bool = False
+    drift: DriftConfig = DriftConfig()
 
 
 class ModelConfig(_Section):

@@ -58,7 +58,10 @@ def read_table(path: Path | str) -> pd.DataFrame:
     try:
         if kind == "csv":
             # keep_default_na=False: the literal text "NA" or "null" is a valid sentence.
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+            # Undecodable bytes become U+FFFD, which validation counts as encoding debris
+            # instead of refusing the whole file on the first bad byte.
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8",
+                                encoding_errors="replace")
         elif kind == "parquet":
             frame = pd.read_parquet(path)
         else:
@@ -207,31 +210,38 @@ class StagedBatch:
     rows: int
     sha256: str
     source: str
+    extra_columns: list[str]
+
+
+def extra_columns(frame: pd.DataFrame, config: KaizenConfig) -> list[str]:
+    known = set(REQUIRED_COLUMNS) | set(config.data.slice_columns)
+    return [str(c) for c in frame.columns if c not in known]
 
 
 def check_input(
     ws: Workspace, config: KaizenConfig, file: Path | str, batch_id: str | None = None
-) -> tuple[pd.DataFrame, str, str]:
+) -> tuple[pd.DataFrame, str, str, list[str]]:
     """Everything about a file that can be refused before any work starts; writes nothing.
 
-    Returns the prepared batch, its content hash and its batch id.
+    Returns the prepared batch, its content hash, its batch id and the file's extra columns.
     """
     if batch_id is not None:
         check_batch_id(batch_id)
-    batch = prepare_batch(read_table(file), config, str(file))
+    raw = read_table(file)
+    batch = prepare_batch(raw, config, str(file))
     sha = content_hash(batch)
     batch_id = batch_id or make_batch_id(sha)
     check_new_batch(ws, batch_id, sha)
-    return batch, sha, batch_id
+    return batch, sha, batch_id, extra_columns(raw, config)
 
 
 def stage_file(ws: Workspace, config: KaizenConfig, file: Path | str, batch_id: str | None = None) -> StagedBatch:
     """Read and prepare a file; refuse duplicates. Nothing under data/ is touched."""
     source = str(file)
-    batch, sha, batch_id = check_input(ws, config, file, batch_id)
+    batch, sha, batch_id, extra = check_input(ws, config, file, batch_id)
     staged = ws.state / "staging" / f"{batch_id}.parquet"
     _write_atomic(staged, lambda tmp: batch.to_parquet(tmp, index=False))
-    return StagedBatch(batch_id, str(staged), len(batch), sha, source)
+    return StagedBatch(batch_id, str(staged), len(batch), sha, source, extra)
 
 
 def accept_batch(ws: Workspace, staged: StagedBatch, commit) -> tuple[BatchInfo, str]:

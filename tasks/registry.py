@@ -70,11 +70,12 @@ def connect(ws: Workspace, config: KaizenConfig):
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
-def ensure_experiment(client, ws: Workspace, config: KaizenConfig) -> str:
-    found = client.get_experiment_by_name(config.project)
+def ensure_experiment(client, ws: Workspace, config: KaizenConfig, name: str | None = None) -> str:
+    name = name or config.project
+    found = client.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
-    return client.create_experiment(config.project, artifact_location=ws.mlflow_artifacts.as_uri())
+    return client.create_experiment(name, artifact_location=(ws.mlflow_artifacts / name).as_uri())
 
 
 def _model_exists(client, name: str) -> bool:

@@ -9,6 +9,15 @@ import pytest
 from tests.conftest import tree_snapshot
 
 
+def _versions(ws_root) -> int:
+    from tasks.config import load_config
+    from tasks.registry import connect, list_versions
+    from tasks.workspace import Workspace
+
+    config = load_config(ws_root)
+    return len(list_versions(connect(Workspace.at(ws_root), config), config.registry.model_name))
+
+
 def _state(ws_root):
     from tasks.workspace import Workspace
 
@@ -17,8 +26,9 @@ def _state(ws_root):
         "data": tree_snapshot(ws.data),
         "remote": tree_snapshot(ws.dvc_remote),
         "dvc_file": ws.dvc_file.read_text() if ws.dvc_file.exists() else None,
-        "mlflow": tree_snapshot(ws.mlflow_artifacts),
-        "registry_db": ws.mlflow_db.exists(),
+        # Validation runs are logged to the `<project>-data` experiment; models never change.
+        "model_artifacts": {k: v for k, v in tree_snapshot(ws.mlflow_artifacts).items() if "-data/" not in k},
+        "registry": _versions(ws_root),
         "quarantine": tree_snapshot(ws.quarantine),
     }
 
