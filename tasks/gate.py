@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from tasks.config import GateConfig
 from tasks.evaluate import Evaluation, SetEvaluation
@@ -25,6 +25,7 @@ class Rule:
     passed: bool
     note: str = ""
     kind: str = ""  # size | floor | improvement | non-inferiority | calibration | latency
+    point: float | None = None  # the point delta behind a CI-based rule
 
 
 @dataclass(frozen=True)
@@ -79,14 +80,24 @@ def check(name: str, value: float | None, threshold: float, op: str = ">=", note
     return Rule(name, float(value), threshold, op, bool(passed), note, kind)
 
 
-# Failures that say the new data itself is suspect: its own test split cannot be learned
-# (floors), or learning it made the model forget (non-inferiority). Other failures (too few
-# rows, a gain within the noise, calibration, latency) say "not yet", not "bad data".
-DATA_SUSPECT = {"floor", "non-inferiority"}
-
-
 def implicates_data(decision: GateDecision) -> bool:
-    return decision.mode == "challenge" and any(not r.passed and r.kind in DATA_SUSPECT for r in decision.rules)
+    """Do the failures say the new data itself is suspect?
+
+    Yes when its own test split cannot be learned (a floor fails), or when learning it made
+    the model measurably forget (a non-inferiority rule fails *and* its point delta is below
+    -margin). A non-inferiority CI that is merely too wide, a gain within the noise, too few
+    rows, calibration or latency say "not yet", not "bad data".
+    """
+    if decision.mode != "challenge":
+        return False
+    for r in decision.rules:
+        if r.passed:
+            continue
+        if r.kind == "floor":
+            return True
+        if r.kind == "non-inferiority" and r.point is not None and r.point < r.threshold:
+            return True
+    return False
 
 
 def _get(evaluation: Evaluation, set_name: str, side: str, metric: str) -> float | None:
@@ -104,8 +115,10 @@ def _ci_note(s: SetEvaluation | None) -> str:
 
 
 def _noninferior(s: SetEvaluation, policy: GateConfig) -> Rule:
-    return check(f"{s.name} accuracy delta CI low (non-inferiority)", s.ci_low.get("accuracy"),
+    rule = check(f"{s.name} accuracy delta CI low (non-inferiority)", s.ci_low.get("accuracy"),
                  -policy.noninferiority_margin, ">=", _ci_note(s), "non-inferiority")
+    point = s.delta.get("accuracy")
+    return rule if _bad(point) else replace(rule, point=float(point))
 
 
 def _slice_rules(evaluation: Evaluation, policy: GateConfig) -> list[Rule]:

@@ -140,5 +140,11 @@ def test_which_failures_implicate_the_data():
     forgot = _evaluate("regression", y, _flip(y, np.arange(60)), y)
     good_new = _evaluate("new", y, y, _flip(y, np.arange(60)))
     assert implicates_data(decide(Evaluation([good_new, forgot], LABELS, LATENCY), POLICY, True))
+    # A wide interval around a gain is "not enough evidence", not forgetting.
+    small = y[:60]
+    uncertain = _evaluate("regression", small, _flip(small, np.arange(3, 8)), _flip(small, np.arange(0, 6)))
+    decision = decide(Evaluation([good_new, uncertain], LABELS, LATENCY), POLICY, True)
+    assert not decision.passed and uncertain.delta["accuracy"] > 0
+    assert not implicates_data(decision)
     weak_first = Evaluation([_set("new", 50, {"accuracy": 0.5, "macro_f1": 0.5, "ece": 0.05})])
     assert not implicates_data(decide(weak_first, POLICY, has_champion=False))  # more data may fix a bootstrap
