@@ -55,12 +55,12 @@ def _context(workspace: Path | None, overrides: list[str] | None):
 @app.command()
 def init(workspace: WorkspaceOpt = None) -> None:
     """Create a workspace: DVC repo with a local remote, data/ and kaizen.yaml."""
-    from tasks.config import CONFIG_FILE, KaizenConfig
+    from tasks.config import CONFIG_FILE, KaizenConfig, load_config
     from tasks.versioning import init_repo
     from tasks.workspace import Workspace
 
     ws = Workspace.at(workspace)
-    init_repo(ws)
+    init_repo(ws, load_config(ws.root).data.remote)
     config_path = ws.root / CONFIG_FILE
     if not config_path.exists():
         import yaml

@@ -57,7 +57,7 @@ promote_task = task(registry.move_champion, name="promote", cache_policy=NO_CACH
 def prepare(workspace: str | None, overrides: dict[str, Any] | None) -> tuple[Workspace, KaizenConfig]:
     ws = Workspace.at(workspace)
     config = load_config(ws.root, overrides)
-    versioning.init_repo(ws)
+    versioning.init_repo(ws, config.data.remote)
     return ws, config
 
 

@@ -44,9 +44,28 @@ class SplitConfig(_Section):
         return self
 
 
+class RemoteConfig(_Section):
+    """Where DVC pushes data. Empty url = a local directory under .kaizen/ (embedded default).
+
+    No credential fields on purpose: they come from the boto3 chain or the environment.
+    """
+
+    url: str = ""  # e.g. s3://bucket/kaizen
+    endpoint_url: str = ""  # S3-compatible servers (MinIO, ...): http://127.0.0.1:9000
+    region: str = ""
+
+    @field_validator("url")
+    @classmethod
+    def _s3_only(cls, url: str) -> str:
+        if url and not url.startswith("s3://"):
+            raise ValueError("only s3:// remotes are configured here; leave empty for the local default")
+        return url
+
+
 class DataConfig(_Section):
     split: SplitConfig = SplitConfig()
     slice_columns: list[str] = []
+    remote: RemoteConfig = RemoteConfig()
 
 
 class DriftLimit(_Section):

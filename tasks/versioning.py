@@ -45,8 +45,17 @@ def _git_toplevel(path: Path) -> Path | None:
     return Path(out.stdout.strip()).resolve() if out.returncode == 0 else None
 
 
-def init_repo(ws: Workspace) -> None:
-    """DVC repo in the workspace (inside git when there is one), local remote by default."""
+S3_REMOTE = "s3"
+
+
+def init_repo(ws: Workspace, remote=None) -> None:
+    """DVC repo in the workspace (inside git when there is one).
+
+    `remote` is the config's `data.remote` section: with a URL, an S3 (or S3-compatible,
+    via endpoint_url) remote becomes the default; otherwise a local directory under .kaizen/.
+    Credentials never enter .dvc/config: DVC's S3 client takes them from the boto3 chain
+    (environment, ~/.aws, instance roles) or from .dvc/config.local, which git ignores.
+    """
     from dvc.repo import Repo
 
     ws.root.mkdir(parents=True, exist_ok=True)
@@ -57,7 +66,15 @@ def init_repo(ws: Workspace) -> None:
     repo = Repo(str(ws.root))
     with repo.config.edit() as conf:
         conf["core"]["analytics"] = False
-        if not conf["core"].get("remote"):
+        if remote is not None and remote.url:
+            settings = {"url": remote.url}
+            if remote.endpoint_url:
+                settings["endpointurl"] = remote.endpoint_url
+            if remote.region:
+                settings["region"] = remote.region
+            conf["remote"][S3_REMOTE] = settings
+            conf["core"]["remote"] = S3_REMOTE
+        elif not conf["core"].get("remote") or conf["core"].get("remote") == S3_REMOTE:
             # DVC reads a relative path here against the process's cwd and stores it relative
             # to .dvc/ ("../.kaizen/dvc-remote"), so a committed config stays valid in any clone.
             conf["remote"][DEFAULT_REMOTE] = {"url": os.path.relpath(ws.dvc_remote, Path.cwd())}

@@ -59,12 +59,13 @@ def prefect_harness():
 
 
 def make_workspace(root: Path, config: dict | None = None) -> Path:
+    from tasks.config import load_config
     from tasks.versioning import init_repo
     from tasks.workspace import Workspace
 
     root.mkdir(parents=True, exist_ok=True)
     (root / "kaizen.yaml").write_text(yaml.safe_dump(config or TINY_CONFIG))
-    init_repo(Workspace.at(root))
+    init_repo(Workspace.at(root), load_config(root).data.remote)
     return root
 
 
