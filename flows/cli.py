@@ -247,6 +247,85 @@ def history(workspace: WorkspaceOpt = None, as_json: Annotated[bool, typer.Optio
         typer.echo(f"{e.seq:>4} {e.when} {e.action:<15} v{e.from_version or '-'} -> v{e.to_version}  by {e.who}: {e.why}")
 
 
+quarantine_app = typer.Typer(help="Batches kept out of training, with their reports.", no_args_is_help=True)
+app.add_typer(quarantine_app, name="quarantine")
+
+
+@quarantine_app.command("list")
+def quarantine_list(workspace: WorkspaceOpt = None, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Every quarantined batch: why it is there, how many rows."""
+    from tasks.quarantine import list_quarantine
+
+    ws, _ = _context(workspace, None)
+    entries = list_quarantine(ws)
+    if as_json:
+        typer.echo(json.dumps([e.__dict__ for e in entries], indent=1))
+        return
+    if not entries:
+        typer.echo("quarantine is empty")
+    for e in entries:
+        typer.echo(f"{e.batch_id:<32} {e.rows:>7} rows  {e.kind:<10} {e.reason}")
+
+
+@quarantine_app.command("resubmit")
+def quarantine_resubmit(
+    batch_id: str,
+    file: Annotated[Optional[Path], typer.Option("--file", help="The fixed file (default: the quarantined rows as they are)")] = None,
+    workspace: WorkspaceOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Ingest a quarantined batch again (after fixing it) under a new batch id."""
+    from tasks.quarantine import resolve, resubmission
+
+    ws, config = _context(workspace, set_)
+    source, new_id = resubmission(ws, batch_id, file)
+    from flows.pipeline import ingest as ingest_flow
+
+    info = ingest_flow(str(source), new_id, str(ws.root), _overrides(set_))
+    resolve(ws, batch_id, new_id)
+    typer.echo(f"resubmitted {batch_id} as batch {info['batch_id']}: {info['rows']} rows")
+
+
+@app.command()
+def lineage(
+    version: str,
+    checkout: Annotated[Optional[Path], typer.Option("--checkout", help="Restore that version's exact data into DIR")] = None,
+    workspace: WorkspaceOpt = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """What VERSION was trained on: data version, batches, DVC remote, code and config."""
+    from tasks.registry import connect, get_version
+    from tasks.versioning import checkout_version
+
+    ws, config = _context(workspace, None)
+    ref = get_version(connect(ws, config), config.registry.model_name, version)
+    t = ref.tags
+    record = {
+        "version": ref.version,
+        "data_md5": t.get("kaizen.data_md5"),
+        "batch_ids": [b for b in t.get("kaizen.batch_ids", "").split(",") if b],
+        "new_batches": [b for b in t.get("kaizen.new_batches", "").split(",") if b],
+        "parent_version": t.get("kaizen.parent_version") or None,
+        "dvc_remote": t.get("kaizen.dvc_remote"),
+        "dvc_endpoint": t.get("kaizen.dvc_endpoint") or None,
+        "git_sha": t.get("kaizen.git_sha"),
+        "config_hash": t.get("kaizen.config_hash"),
+        "flow_run_id": t.get("kaizen.flow_run_id"),
+        "mlflow_run_id": ref.run_id,
+    }
+    if as_json:
+        typer.echo(json.dumps(record, indent=1))
+    else:
+        for key, value in record.items():
+            typer.echo(f"{key:<15} {', '.join(value) if isinstance(value, list) else value}")
+    if checkout is not None:
+        remote = {"url": record["dvc_remote"] or ""}
+        if record["dvc_endpoint"]:
+            remote["endpointurl"] = record["dvc_endpoint"]
+        data = checkout_version(record["data_md5"] or "", remote, checkout)
+        typer.echo(f"restored data version {record['data_md5']} into {data}")
+
+
 @app.command()
 def report(
     out: Annotated[Path, typer.Option("--out", help="Directory for index.html and its pictures")],

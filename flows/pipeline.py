@@ -258,13 +258,15 @@ def _run_cycle(ws: Workspace, config: KaizenConfig, summary: CycleSummary, logge
                                  description=f"gate for batches {', '.join(plan.new_batches)}")
         logger.info(f"gate: {decision.verdict}" + "".join(f"\n  - {r}" for r in decision.reasons))
 
+        remote = versioning.remote_settings(ws)
         tags = {
             "kaizen.data_md5": summary.data_version or "",
             "kaizen.batch_ids": ",".join(plan.seen_batches + plan.new_batches),
             NEW_BATCHES_TAG: ",".join(plan.new_batches),
             PARENT_TAG: plan.champion_version or "",
             "kaizen.replayed_rows": str(replayed),
-            "kaizen.dvc_remote": versioning.remote_url(ws),
+            "kaizen.dvc_remote": remote.get("url", ""),
+            "kaizen.dvc_endpoint": remote.get("endpointurl", ""),
             "kaizen.git_sha": registry.git_sha(),
             "kaizen.config_hash": config.fingerprint(),
             "kaizen.flow_run_id": summary.flow_run_id or "",

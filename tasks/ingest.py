@@ -214,7 +214,8 @@ class StagedBatch:
 
 
 def extra_columns(frame: pd.DataFrame, config: KaizenConfig) -> list[str]:
-    known = set(REQUIRED_COLUMNS) | set(config.data.slice_columns)
+    # `split` is ours (a quarantined batch being re-submitted carries it); it is recomputed.
+    known = set(REQUIRED_COLUMNS) | set(config.data.slice_columns) | {"split"}
     return [str(c) for c in frame.columns if c not in known]
 
 

@@ -91,12 +91,51 @@ def data_version(ws: Workspace) -> str | None:
     return outs[0].get("md5") if outs else None
 
 
-def remote_url(ws: Workspace) -> str:
+def remote_settings(ws: Workspace) -> dict[str, str]:
+    """The default remote's settings, a local path made absolute (usable from anywhere)."""
     from dvc.repo import Repo
 
     repo = Repo(str(ws.root))
     name = repo.config["core"].get("remote")
-    return str(repo.config["remote"][name]["url"]) if name else ""
+    if not name:
+        return {}
+    settings = {k: str(v) for k, v in repo.config["remote"][name].items() if k in ("url", "endpointurl", "region")}
+    if "://" not in settings["url"]:
+        settings["url"] = str((ws.root / ".dvc" / settings["url"]).resolve())
+    return settings
+
+
+def remote_url(ws: Workspace) -> str:
+    return remote_settings(ws).get("url", "")
+
+
+def checkout_version(md5: str, remote: dict[str, str], target: Path) -> Path:
+    """Restore the exact `data/` of data version `md5` from `remote` into `target/data`.
+
+    A throwaway DVC repo in `target` points at the same remote and a data.dvc naming that
+    md5; `dvc pull` fetches and verifies every file against its hash.
+    """
+    from dvc.repo import Repo
+
+    if not md5 or not remote.get("url"):
+        raise VersioningError("this version records no data version or DVC remote")
+    target.mkdir(parents=True, exist_ok=True)
+    if (target / "data").exists() and any((target / "data").iterdir()):
+        raise VersioningError(f"{target / 'data'} already exists and is not empty")
+    with _quiet_dvc():
+        if not (target / ".dvc").exists():
+            Repo.init(str(target), no_scm=True)
+        repo = Repo(str(target))
+        with repo.config.edit() as conf:
+            conf["core"]["analytics"] = False
+            conf["remote"]["origin"] = {k: v for k, v in remote.items()}
+            conf["core"]["remote"] = "origin"
+        (target / "data.dvc").write_text(yaml.safe_dump({"outs": [{"md5": md5, "hash": "md5", "path": "data"}]}))
+        try:
+            Repo(str(target)).pull(force=True)
+        except Exception as exc:
+            raise VersioningError(f"cannot restore data version {md5} from {remote['url']}: {exc}") from exc
+    return target / "data"
 
 
 def commit_data(ws: Workspace) -> str:

@@ -67,6 +67,7 @@ def test_cycle_bootstrap_promote_quarantine_reject_rollback(workspace, demo_file
     assert champion.tags["kaizen.config_hash"] == config.fingerprint()
     assert champion.tags["kaizen.flow_run_id"] == first["flow_run_id"]
     assert champion.tags["kaizen.gate_verdict"] == "pass"
+    first_md5 = champion.tags["kaizen.data_md5"]
     assert (ws.dvc_remote / "files" / "md5").exists(), "dvc push left the remote empty"
 
     # 2. A good, shifted batch: the challenger beats the champion and takes over.
@@ -147,6 +148,36 @@ def test_cycle_bootstrap_promote_quarantine_reject_rollback(workspace, demo_file
     assert "test rollback" in page and "demo-3-corrupt" in page and "quarantined" in page
     v3_gate = next(v["gate"] for v in recorded["versions"] if v["version"] == "3")
     assert v3_gate["verdict"] == "reject" and v3_gate["reasons"] == noised["reasons"]
+
+
+    # `kaizen lineage 1 --checkout DIR` restores exactly the data v1 was trained on.
+    capsys.readouterr()
+    restored = workspace.parent / "restored"
+    assert main(["lineage", "1", "--checkout", str(restored), "--json", "--workspace", str(workspace)]) == 0
+    record = json.loads(capsys.readouterr().out.split("\nrestored")[0])
+    assert record["data_md5"] == first_md5 and record["batch_ids"] == ["demo-1-restaurants"]
+    assert sorted(p.name for p in (restored / "data" / "batches").iterdir()) == ["demo-1-restaurants.parquet"]
+    assert json.loads((restored / "data" / "manifest.json").read_text())[0]["batch_id"] == "demo-1-restaurants"
+    import hashlib
+
+    original = hashlib.sha256((ws.batch_path("demo-1-restaurants")).read_bytes()).hexdigest()
+    assert hashlib.sha256((restored / "data" / "batches" / "demo-1-restaurants.parquet").read_bytes()).hexdigest() == original
+
+    # `kaizen quarantine list` shows both kinds; a fixed batch can be re-submitted.
+    capsys.readouterr()
+    assert main(["quarantine", "list", "--json", "--workspace", str(workspace)]) == 0
+    listed = {e["batch_id"]: e for e in json.loads(capsys.readouterr().out)}
+    assert listed["demo-3-corrupt"]["kind"] == "validation" and "label in declared label set" in listed["demo-3-corrupt"]["reason"]
+    assert listed["demo-4-noised"]["kind"] == "gate" and "new accuracy" in listed["demo-4-noised"]["reason"]
+    fixed = pd.read_parquet(ws.quarantine / "demo-3-corrupt" / "batch.parquet")
+    fixed = fixed[(fixed["text"].str.strip() != "") & fixed["label"].isin(config.labels)].drop(columns=["split"])
+    fixed_path = workspace.parent / "fixed.csv"
+    fixed.to_csv(fixed_path, index=False)
+    assert main(["quarantine", "resubmit", "demo-3-corrupt", "--file", str(fixed_path), "--workspace", str(workspace)]) == 0
+    assert "demo-3-corrupt-r1" in [e["batch_id"] for e in json.loads((ws.manifest).read_text())]
+    capsys.readouterr()
+    assert main(["quarantine", "list", "--json", "--workspace", str(workspace)]) == 0
+    assert [e["batch_id"] for e in json.loads(capsys.readouterr().out)] == ["demo-4-noised"]
 
 
 def test_nothing_to_do_when_no_new_batches(workspace):
