@@ -24,8 +24,12 @@ from tasks.config import KaizenConfig
 from tasks.ingest import normalise_text
 
 SUITE_NAME = "kaizen_batch"
-# Undecodable bytes (read as U+FFFD) and the classic UTF-8-read-as-Latin-1 sequences.
-ENCODING_DEBRIS = re.compile("\ufffd|Ã[\u0080-\u00bf]|â€|Â[\u00a0-\u00bf]|ï¿½")
+# Undecodable bytes (read as U+FFFD), the classic UTF-8-read-as-Latin-1 sequences, C1 control
+# characters (cp1252 punctuation decoded as Latin-1, e.g. U+0092 for an apostrophe) and HTML
+# entities left in exported text.
+ENCODING_DEBRIS = re.compile(
+    "\ufffd|Ã[\u0080-\u00bf]|â€|Â[\u00a0-\u00bf]|ï¿½|[\u0080-\u009f]|&(?:lt|gt|amp|quot|apos|nbsp|#\\d+);"
+)
 HELPERS = ["_text_stripped", "_labels_per_text", "_encoding_debris", "_duplicate", "_label_share", "_leaks_test"]
 
 
@@ -81,8 +85,11 @@ def add_helper_columns(batch: pd.DataFrame, test_keys: np.ndarray | None = None)
         frame["_label_share"] = shares.astype(float).fillna(1.0)
     keys = test_keys if test_keys is not None else np.zeros(0, dtype=np.int64)
     if len(keys) and "split" in frame:
-        in_test = text.map(lambda t: isinstance(t, str) and bool(np.isin(leak_key(t), keys)))
-        frame["_leaks_test"] = in_test & (frame["split"] != "test")
+        # keys are kept sorted: a binary search per row, so the cost grows with the batch only
+        # logarithmically with history.
+        row_keys = np.fromiter((leak_key(t) if isinstance(t, str) else -1 for t in text), dtype=np.int64, count=len(text))
+        found = keys[np.minimum(np.searchsorted(keys, row_keys), len(keys) - 1)] == row_keys
+        frame["_leaks_test"] = pd.Series(found, index=frame.index) & (frame["split"] != "test")
     else:
         frame["_leaks_test"] = False
     return frame

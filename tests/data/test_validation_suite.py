@@ -72,12 +72,15 @@ def test_overlong_text_is_named():
     assert list(_failed(frame)) == ["text at most 2000 characters"]
 
 
-def test_sms_spam_with_integer_labels_fails_on_labels_only():
-    frame = pd.read_csv(SHARED / "sms_spam" / "all.csv", dtype=str, keep_default_na=False)
-    config = KaizenConfig(labels=["ham", "spam"])
-    failed = _failed(frame, config)
-    # Integer labels are not the declared names; SMS also has texts that carry both labels.
-    assert "label in declared label set" in failed
+def test_sms_spam_is_refused_for_encoding_debris_and_duplicates():
+    """The real noisy set: cp1252 debris (U+0092 apostrophes), HTML entities, 414 duplicates."""
+    from tasks.demo_data import read_labelled
+
+    frame = read_labelled(SHARED / "sms_spam" / "all.csv")  # 0/1 named ham/spam from label_names.txt
+    failed = _failed(frame, KaizenConfig(labels=["ham", "spam"]))
+    assert list(failed) == ["encoding debris in at most 1% of rows", "duplicates at most 5% of rows"]
+    assert failed["encoding debris in at most 1% of rows"].startswith("344 unexpected row(s) (6.2%)")
+    assert failed["duplicates at most 5% of rows"].startswith("415 unexpected row(s) (7.4%)")
 
 
 def test_real_sst2_train_conflicting_labels_are_found():
