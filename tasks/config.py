@@ -102,6 +102,16 @@ class ModelConfig(_Section):
     max_length: int = Field(128, ge=8, le=4096)
 
 
+class LoraConfig(_Section):
+    """Parameter-efficient fine-tuning through peft; the registered model is merged."""
+
+    enabled: bool = False
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = ["query", "value"]
+
+
 class TrainConfig(_Section):
     epochs: int = Field(3, ge=1)
     batch_size: int = Field(32, ge=1)
@@ -115,6 +125,16 @@ class TrainConfig(_Section):
     eval_every_steps: int = Field(0, ge=0)
     seed: int = 13
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Keep the challenger close to the champion on replayed rows: weight of a KL term between
+    # their temperature-softened predictions (0 = off).
+    distill_weight: float = Field(0.0, ge=0, le=1)
+    distill_temperature: float = Field(2.0, gt=0)
+    lora: LoraConfig = LoraConfig()
+    # Atomic checkpoints every N optimizer steps (0 = at every evaluation); keep the last K.
+    checkpoint_every_steps: int = Field(0, ge=0)
+    keep_checkpoints: int = Field(2, ge=1)
+    # >1 launches data-parallel training with torchrun + accelerate (gloo on CPU, NCCL on GPU).
+    num_processes: int = Field(1, ge=1)
 
 
 class EvaluateConfig(_Section):

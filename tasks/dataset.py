@@ -92,11 +92,13 @@ def training_sets(
     """(train, validation, replayed rows): new rows plus a seeded, stratified replay sample."""
     new = load_many(ws, new_batches, features, labels)
     train, validation = split_of(new, "train"), split_of(new, "validation")
+    train.meta = train.meta.assign(replayed=False)
     replayed = 0
     if seen_batches:
         old = load_many(ws, seen_batches, features, labels)
         n = replay_size(len(train), replay_fraction, replay_max_rows)
         replay = stratified_sample(split_of(old, "train"), n, seed)
+        replay.meta = replay.meta.assign(replayed=True)
         replayed = len(replay)
         old_validation = split_of(old, "validation")
         keep = replay_size(len(validation), replay_fraction, replay_max_rows)
@@ -113,3 +115,18 @@ def evaluation_sets(
     if seen_batches:
         sets["regression"] = split_of(load_many(ws, seen_batches, features, labels), "test")
     return sets
+
+
+def save_examples(examples: Examples, path) -> None:
+    """Plain arrays only (read back without pickle), for handing sets to worker processes."""
+    lengths = np.array([len(r) for r in examples.ids], dtype=np.int64)
+    flat = np.concatenate(examples.ids).astype(np.int64) if len(examples) else np.zeros(0, dtype=np.int64)
+    replayed = examples.meta["replayed"].to_numpy(dtype=bool) if "replayed" in examples.meta else np.zeros(len(examples), bool)
+    np.savez(path, ids=flat, lengths=lengths, labels=examples.labels, replayed=replayed)
+
+
+def read_examples(path) -> Examples:
+    with np.load(path, allow_pickle=False) as data:
+        offsets = np.concatenate([[0], np.cumsum(data["lengths"])])
+        ids = [data["ids"][offsets[i]:offsets[i + 1]] for i in range(len(data["lengths"]))]
+        return Examples(ids, data["labels"], pd.DataFrame({"replayed": data["replayed"]}))

@@ -26,16 +26,21 @@ def autocast_for(device: torch.device):
     return nullcontext()
 
 
-def predict_proba(model, ids: list[np.ndarray], pad_id: int, batch_size: int, device: torch.device) -> np.ndarray:
-    """Class probabilities for ragged token ids, in input order."""
+def predict_logits(model, ids: list[np.ndarray], pad_id: int, batch_size: int, device: torch.device) -> np.ndarray:
+    """Raw logits for ragged token ids, in input order."""
     model.eval()
     out = np.zeros((len(ids), model.config.num_labels), dtype=np.float32)
     with torch.inference_mode(), autocast_for(device):
         for index in sorted_batches([len(r) for r in ids], batch_size):
             input_ids, mask = pad_batch([ids[i] for i in index], pad_id)
-            logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits
-            out[index] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+            out[index] = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits.float().cpu().numpy()
     return out
+
+
+def predict_proba(model, ids: list[np.ndarray], pad_id: int, batch_size: int, device: torch.device) -> np.ndarray:
+    """Class probabilities for ragged token ids, in input order."""
+    logits = torch.from_numpy(predict_logits(model, ids, pad_id, batch_size, device))
+    return torch.softmax(logits, dim=-1).numpy()
 
 
 def accuracy_and_loss(

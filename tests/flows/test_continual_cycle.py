@@ -222,3 +222,30 @@ def test_backtest_replays_history_in_its_own_workspace(workspace, tmp_path, caps
     first = pd.read_csv(target / ".kaizen" / "backtest-input" / "validation-001.csv")
     assert set(first["label"]) == {"negative", "positive"}  # named from label_names.txt
     assert not (workspace / "data" / "manifest.json").exists()  # the home workspace is untouched
+
+
+def test_lora_challenger_is_registered_and_served_by_predict(tmp_path, demo_files, capsys):
+    from flows.cli import main
+    from flows.pipeline import continual_training
+    from tests.conftest import TINY_CONFIG, make_workspace
+
+    settings = {**TINY_CONFIG, "train": {**TINY_CONFIG["train"], "lora": {"enabled": True, "r": 4, "alpha": 8}}}
+    root = make_workspace(tmp_path / "lora-ws", settings)
+    summary = continual_training(files=[str(demo_files["demo-1-restaurants"])], batch_ids=["lora-1"],
+                                 workspace=str(root))
+    assert summary["version"] == "1"
+    ws, config, client, name = _registry(root)
+    from tasks.registry import download_model, get_version
+
+    model_dir = download_model(client, get_version(client, name, "1"), tmp_path / "dl")
+    from safetensors.torch import load_file
+
+    assert not any("lora" in k for k in load_file(str(model_dir / "model.safetensors")))
+    capsys.readouterr()
+    texts = ["The soup was delicious and the staff made our evening.", "The pasta tasted stale."]
+    assert main(["predict", "--version", "1", "--workspace", str(root), *texts]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2
+    for line, text in zip(lines, texts):
+        label, score, echoed = line.split("\t")
+        assert label in config.labels and 0.5 <= float(score) <= 1.0 and echoed == text
