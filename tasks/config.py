@@ -116,7 +116,7 @@ class TrainConfig(_Section):
     epochs: int = Field(3, ge=1)
     batch_size: int = Field(32, ge=1)
     grad_accum: int = Field(1, ge=1)
-    lr: float = Field(5e-5, gt=0)
+    lr: float = Field(2e-4, gt=0)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     weight_decay: float = Field(0.01, ge=0)
     replay_fraction: float = Field(1.0, ge=0)
