@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from tasks.ingest import read_manifest
+from tasks.ingest import read_manifest, write_atomic
 from tasks.workspace import Workspace
 
 
@@ -68,17 +66,13 @@ def featurize_batch(ws: Workspace, batch_id: str, tokenizer, max_length: int) ->
         return FeatureInfo(batch_id, str(path), entry["rows"], cached=True)
     texts = pd.read_parquet(ws.batch_path(batch_id), columns=["text"])["text"].tolist()
     ids, offsets = tokenize_texts(texts, tokenizer, max_length)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
-    os.close(fd)
-    try:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, ids=ids, offsets=offsets)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_atomic(path, lambda tmp: _save_npz(tmp, ids, offsets))
     return FeatureInfo(batch_id, str(path), len(texts), cached=False)
+
+
+def _save_npz(path: str, ids: np.ndarray, offsets: np.ndarray) -> None:
+    with open(path, "wb") as handle:  # a handle: np.savez would append .npz to a bare name
+        np.savez(handle, ids=ids, offsets=offsets)
 
 
 def load_features(path: Path | str) -> list[np.ndarray]:

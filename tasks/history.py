@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from tasks.ingest import normalise_text, read_manifest
+from tasks.ingest import normalise_text, read_manifest, write_atomic
 from tasks.workspace import Workspace
 
 # Character-length bins shared by every batch, so histograms add up.
@@ -77,18 +75,6 @@ def _paths(ws: Workspace) -> tuple[Path, Path]:
     return ws.state / "history" / "stats.json", ws.state / "history" / "test_keys.npy"
 
 
-def _write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def load_history(ws: Workspace, tokenizer) -> tuple[History, np.ndarray]:
     """(stats, sorted leak keys of every test-split row); rebuilt if missing or stale."""
     stats_path, keys_path = _paths(ws)
@@ -102,8 +88,13 @@ def load_history(ws: Workspace, tokenizer) -> tuple[History, np.ndarray]:
 
 def _save(ws: Workspace, history: History, keys: np.ndarray) -> None:
     stats_path, keys_path = _paths(ws)
-    _write(keys_path, lambda tmp: np.save(open(tmp, "wb"), np.sort(keys)))
-    _write(stats_path, lambda tmp: Path(tmp).write_text(json.dumps(asdict(history))))
+    write_atomic(keys_path, lambda tmp: _save_array(tmp, np.sort(keys)))
+    write_atomic(stats_path, lambda tmp: Path(tmp).write_text(json.dumps(asdict(history))))
+
+
+def _save_array(path: str, array: np.ndarray) -> None:
+    with open(path, "wb") as handle:  # a handle: np.save would append .npy to a bare name
+        np.save(handle, array)
 
 
 def _test_keys(batch: pd.DataFrame) -> np.ndarray:

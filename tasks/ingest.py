@@ -156,7 +156,8 @@ def check_new_batch(ws: Workspace, batch_id: str, sha256: str) -> None:
             raise IngestError(f"this content was already ingested as batch {entry['batch_id']}")
 
 
-def _write_atomic(path: Path, write) -> None:
+def write_atomic(path: Path, write) -> None:
+    """Call write(tmp) on a temporary file beside `path`, then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -173,7 +174,7 @@ def write_batch(ws: Workspace, batch_id: str, batch: pd.DataFrame, sha256: str, 
     path = ws.batch_path(batch_id)
     if path.exists():
         raise IngestError(f"batch {batch_id} already exists at {path}")
-    _write_atomic(path, lambda tmp: batch.to_parquet(tmp, index=False))
+    write_atomic(path, lambda tmp: batch.to_parquet(tmp, index=False))
     entry = {
         "batch_id": batch_id,
         "sha256": sha256,
@@ -182,7 +183,7 @@ def write_batch(ws: Workspace, batch_id: str, batch: pd.DataFrame, sha256: str, 
         "ingested_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     manifest = read_manifest(ws) + [entry]
-    _write_atomic(ws.manifest, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=1)))
+    write_atomic(ws.manifest, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=1)))
     counts = batch["split"].value_counts().to_dict()
     return BatchInfo(batch_id, str(path), len(batch), sha256, {k: int(v) for k, v in counts.items()}, source)
 
@@ -191,7 +192,7 @@ def remove_batch(ws: Workspace, batch_id: str) -> None:
     """Undo write_batch (used when versioning the batch fails)."""
     ws.batch_path(batch_id).unlink(missing_ok=True)
     manifest = [e for e in read_manifest(ws) if e["batch_id"] != batch_id]
-    _write_atomic(ws.manifest, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=1)))
+    write_atomic(ws.manifest, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=1)))
 
 
 def load_batch(ws: Workspace, batch_id: str) -> pd.DataFrame:
@@ -241,7 +242,7 @@ def stage_file(ws: Workspace, config: KaizenConfig, file: Path | str, batch_id: 
     source = str(file)
     batch, sha, batch_id, extra = check_input(ws, config, file, batch_id)
     staged = ws.state / "staging" / f"{batch_id}.parquet"
-    _write_atomic(staged, lambda tmp: batch.to_parquet(tmp, index=False))
+    write_atomic(staged, lambda tmp: batch.to_parquet(tmp, index=False))
     return StagedBatch(batch_id, str(staged), len(batch), sha, source, extra)
 
 
