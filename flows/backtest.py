@@ -9,7 +9,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import typer
-import yaml
 
 from flows.demo import replay_feed
 from tasks.config import CONFIG_FILE

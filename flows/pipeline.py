@@ -58,6 +58,8 @@ def prepare(workspace: str | None, overrides: dict[str, Any] | None) -> tuple[Wo
     ws = Workspace.at(workspace)
     config = load_config(ws.root, overrides)
     versioning.init_repo(ws, config.data.remote)
+    if versioning.finish_interrupted_push(ws):
+        get_run_logger().warning(f"data: finished an interrupted dvc push of data version {versioning.data_version(ws)}")
     return ws, config
 
 

@@ -105,10 +105,6 @@ def remote_settings(ws: Workspace) -> dict[str, str]:
     return settings
 
 
-def remote_url(ws: Workspace) -> str:
-    return remote_settings(ws).get("url", "")
-
-
 def checkout_version(md5: str, remote: dict[str, str], target: Path) -> Path:
     """Restore the exact `data/` of data version `md5` from `remote` into `target/data`.
 
@@ -138,10 +134,22 @@ def checkout_version(md5: str, remote: dict[str, str], target: Path) -> Path:
     return target / "data"
 
 
+def _push_marker(ws: Workspace) -> Path:
+    return ws.state / "push-pending"
+
+
 def commit_data(ws: Workspace) -> str:
-    """`dvc add data` + `dvc push`; returns the new data version."""
+    """`dvc add data` + `dvc push`; returns the new data version.
+
+    `dvc add` rewrites data.dvc before `dvc push` uploads, so a process killed in between
+    would leave a data version the remote lacks. A marker written before and removed after
+    the push lets the next command finish the push first (`finish_interrupted_push`).
+    """
     from dvc.repo import Repo
 
+    marker = _push_marker(ws)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text("dvc push not confirmed\n")
     try:
         with _quiet_dvc():
             repo = Repo(str(ws.root))
@@ -149,10 +157,34 @@ def commit_data(ws: Workspace) -> str:
             repo.push()
     except Exception as exc:  # DVC raises many types; the caller rolls the batch back
         raise VersioningError(f"dvc add/push of {ws.data} failed: {exc}") from exc
+    marker.unlink(missing_ok=True)
     version = data_version(ws)
     if version is None:
         raise VersioningError(f"{ws.dvc_file} has no md5 after dvc add")
     return version
+
+
+def finish_interrupted_push(ws: Workspace) -> bool:
+    """If an earlier push never confirmed, push the current data version now.
+
+    Returns True when it had to; raises VersioningError (naming the cause) if it still cannot,
+    so no cycle starts on a data version the remote does not hold.
+    """
+    from dvc.repo import Repo
+
+    marker = _push_marker(ws)
+    if not marker.exists():
+        return False
+    try:
+        with _quiet_dvc():
+            repo = Repo(str(ws.root))
+            if ws.data.exists():
+                repo.add(str(ws.data))
+            repo.push()
+    except Exception as exc:
+        raise VersioningError(f"an earlier dvc push was interrupted and still fails: {exc}") from exc
+    marker.unlink(missing_ok=True)
+    return True
 
 
 def pull_data(ws: Workspace) -> None:

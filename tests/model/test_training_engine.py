@@ -4,7 +4,6 @@ OOM back-off, LoRA, distillation. All on CPU with the tiny encoder."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -176,7 +174,7 @@ def test_lora_trains_only_adapters_and_saves_a_merged_plain_model(tmp_path):
 
 
 def test_distillation_keeps_the_challenger_closer_to_the_champion_on_replayed_rows(tmp_path):
-    from models.classifier import load_classifier, save_classifier
+    from models.classifier import load_classifier
     from tasks.inference import predict_proba
 
     # A champion trained on one rule, then new data that contradicts it, with replay.

@@ -108,3 +108,39 @@ def test_config_has_no_place_for_credentials(tmp_path):
     (tmp_path / "kaizen.yaml").write_text(yaml.safe_dump({"data": {"remote": {"url": "s3://b/k", "secret_key": "x"}}}))
     with pytest.raises(ConfigError, match="data.remote.secret_key"):
         load_config(tmp_path, environ={})
+
+
+def test_a_push_interrupted_after_dvc_add_is_finished_by_the_next_command(s3, tmp_path):
+    """The state a kill between `dvc add` and `dvc push` leaves: data.dvc names a version the
+    remote lacks. The next command pushes it before doing anything else."""
+    from dvc.repo import Repo
+
+    from flows.cli import main
+    from tasks.ingest import prepare_batch, content_hash, write_batch
+    from tasks.config import load_config
+    from tasks.versioning import data_version
+    from tasks.workspace import Workspace
+
+    endpoint, client = s3
+    settings = {**TINY_CONFIG, "data": {**TINY_CONFIG["data"], "remote": {"url": f"s3://{BUCKET}/dvc",
+                                                                          "endpoint_url": endpoint}}}
+    root = make_workspace(tmp_path / "ws", settings)
+    ws = Workspace.at(root)
+    batch = prepare_batch(_sst2(0), load_config(root), "interrupted.csv")
+    write_batch(ws, "interrupted", batch, content_hash(batch), "interrupted.csv")
+    (ws.state / "push-pending").write_text("dvc push not confirmed\n")  # as commit_data leaves it
+    Repo(str(root)).add(str(ws.data))  # ... and then the process died
+    version = data_version(ws)
+    keys = lambda: [o["Key"] for o in client.list_objects_v2(Bucket=BUCKET).get("Contents", [])]  # noqa: E731
+    assert f"dvc/files/md5/{version[:2]}/{version[2:]}" not in keys()
+
+    second = tmp_path / "second.csv"
+    _sst2(200).to_csv(second, index=False)
+    assert main(["ingest", str(second), "--batch-id", "second", "--workspace", str(root)]) == 0
+    assert f"dvc/files/md5/{version[:2]}/{version[2:]}" in keys()  # the interrupted version converged
+    assert not (ws.state / "push-pending").exists()
+    shutil.rmtree(root / ".dvc" / "cache")
+    shutil.rmtree(ws.data)
+    pull_data_ok = __import__("tasks.versioning", fromlist=["pull_data"]).pull_data
+    pull_data_ok(ws)
+    assert sorted(p.name for p in ws.batches.iterdir()) == ["interrupted.parquet", "second.parquet"]
