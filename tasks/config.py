@@ -125,6 +125,9 @@ class TrainConfig(_Section):
     eval_every_steps: int = Field(0, ge=0)
     seed: int = 13
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # auto = bf16 autocast on CUDA, fp32 on CPU (bf16 on CPU is slower on most CPUs; it is
+    # selectable so the bf16 path can be exercised anywhere).
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     # Keep the challenger close to the champion on replayed rows: weight of a KL term between
     # their temperature-softened predictions (0 = off).
     distill_weight: float = Field(0.0, ge=0, le=1)

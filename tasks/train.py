@@ -183,7 +183,10 @@ def _train(start_from, labels, train_set, validation_set, config, output_dir, lo
     if len(train_set) == 0:
         raise ValueError("nothing to train on: the new batches have no train rows")
     device = choose_device(config.device)
-    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision="bf16" if device.type == "cuda" else "no")
+    bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
+    # Autocast is applied below with torch.autocast (bf16 needs no loss scaling); accelerate
+    # keeps one process-wide precision state, so it is left at "no" here.
+    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision="no")
     rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     log = log if main else (lambda _: None)
     torch.manual_seed(config.seed)
@@ -219,7 +222,7 @@ def _train(start_from, labels, train_set, validation_set, config, output_dir, lo
     model, optimizer = accelerator.prepare(model, optimizer)
     log(f"train: {len(train_set)} rows ({int(replayed.sum())} replayed), {len(validation_set)} validation rows, "
         f"{config.epochs} epoch(s), {total_steps} steps, micro-batch {config.batch_size} x accumulation "
-        f"{config.grad_accum} x {world} process(es), device {accelerator.device}, "
+        f"{config.grad_accum} x {world} process(es), device {accelerator.device}, {'bf16 autocast' if bf16 else 'fp32'}, "
         f"{'LoRA r=' + str(config.lora.r) if config.lora.enabled else 'full fine-tuning'}, from {start_from}")
 
     stopped_early = False
@@ -237,7 +240,7 @@ def _train(start_from, labels, train_set, validation_set, config, output_dir, lo
             target = torch.from_numpy(train_set.labels[index]).to(accelerator.device)
             last_micro = micro == len(batches) - 1
             sync = (micro + 1) % config.grad_accum == 0 or last_micro
-            with accelerator.autocast():
+            with torch.autocast(device_type=accelerator.device.type, dtype=torch.bfloat16, enabled=bf16):
                 logits = model(input_ids=input_ids.to(accelerator.device),
                                attention_mask=mask.to(accelerator.device)).logits.float()
             loss = torch.nn.functional.cross_entropy(logits, target)

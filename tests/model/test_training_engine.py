@@ -197,3 +197,24 @@ def test_distillation_keeps_the_challenger_closer_to_the_champion_on_replayed_ro
         return float(np.mean(np.sum(before * (np.log(before + 1e-9) - np.log(after + 1e-9)), axis=1)))
 
     assert kl_after(0.9) < kl_after(0.0)
+
+
+def test_bf16_autocast_path_runs_on_cpu(tmp_path, monkeypatch):
+    original = torch.nn.Module.__call__
+    dtypes = set()
+
+    def recording(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        if type(self).__name__ == "BertForSequenceClassification" and self.training:
+            dtypes.add(out.logits.dtype)
+        return out
+
+    monkeypatch.setattr(torch.nn.Module, "__call__", recording)
+    lines: list[str] = []
+    result = train_classifier("tiny", LABELS, _examples(96, 0), _examples(24, 1),
+                              CONFIG.model_copy(update={"epochs": 1, "precision": "bf16"}), tmp_path / "m", log=lines.append)
+    assert any("bf16 autocast" in line for line in lines)
+    assert dtypes == {torch.bfloat16}  # the forward pass really ran under bf16 autocast
+    weights = _weights(tmp_path / "m")
+    assert all(w.dtype == torch.float32 for w in weights.values())  # autocast computes in bf16, stores fp32
+    assert result.steps > 0 and np.isfinite(result.best_validation_accuracy)

@@ -116,9 +116,9 @@ def test_a_push_interrupted_after_dvc_add_is_finished_by_the_next_command(s3, tm
     from dvc.repo import Repo
 
     from flows.cli import main
-    from tasks.ingest import prepare_batch, content_hash, write_batch
     from tasks.config import load_config
-    from tasks.versioning import data_version
+    from tasks.ingest import content_hash, prepare_batch, write_batch
+    from tasks.versioning import data_version, pull_data
     from tasks.workspace import Workspace
 
     endpoint, client = s3
@@ -141,6 +141,5 @@ def test_a_push_interrupted_after_dvc_add_is_finished_by_the_next_command(s3, tm
     assert not (ws.state / "push-pending").exists()
     shutil.rmtree(root / ".dvc" / "cache")
     shutil.rmtree(ws.data)
-    pull_data_ok = __import__("tasks.versioning", fromlist=["pull_data"]).pull_data
-    pull_data_ok(ws)
+    pull_data(ws)
     assert sorted(p.name for p in ws.batches.iterdir()) == ["interrupted.parquet", "second.parquet"]
