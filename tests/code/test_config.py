@@ -60,3 +60,14 @@ def test_fingerprint_changes_with_config(tmp_path):
     b = load_config(tmp_path, {"train.epochs": 9}, environ={})
     assert a.fingerprint() != b.fingerprint()
     assert a.fingerprint() == load_config(tmp_path, environ={}).fingerprint()
+
+
+def test_committed_data_pointer_is_the_empty_data_directory():
+    """A fresh clone has no data and no remote content: the committed data.dvc must not name
+    a data version it cannot obtain (a demo run rewrites the working copy, not HEAD)."""
+    import subprocess
+
+    shown = subprocess.run(["git", "show", "HEAD:data.dvc"], cwd=REPO, capture_output=True, text=True)
+    text = shown.stdout if shown.returncode == 0 else (REPO / "data.dvc").read_text()
+    out = yaml.safe_load(text)["outs"][0]
+    assert out["md5"] == "d751713988987e9331980363e24189ce.dir" and out["nfiles"] == 0
