@@ -82,7 +82,8 @@ def _artifact_key(text: str) -> str:
 def ingest_one(ws: Workspace, config: KaizenConfig, file: str, batch_id: str | None) -> ingest_mod.BatchInfo:
     logger = get_run_logger()
     staged = stage_task(ws, config, file, batch_id)
-    report = validate_task(ws, staged, config)
+    tokenizer = load_tokenizer(config.model.base)  # one load serves validation and history
+    report = validate_task(ws, staged, config, tokenizer)
     ws.reports.mkdir(parents=True, exist_ok=True)
     report_path = ws.reports / f"validation-{staged.batch_id}.json"
     report_path.write_text(report.to_json())
@@ -94,7 +95,7 @@ def ingest_one(ws: Workspace, config: KaizenConfig, file: str, batch_id: str | N
         where = quarantine_task(ws.quarantine, staged, report)
         raise BatchRejected(staged.batch_id, report.failure_lines(), where)
     info, version = accept_task(ws, staged, versioning.commit_data)
-    record_history_task(ws, info.batch_id, ingest_mod.load_batch(ws, info.batch_id), load_tokenizer(config.model.base))
+    record_history_task(ws, info.batch_id, ingest_mod.load_batch(ws, info.batch_id), tokenizer)
     logger.info(f"ingest: batch {info.batch_id} ({info.rows} rows, splits {info.split_counts}) -> data version {version}")
     return info
 

@@ -107,6 +107,13 @@ def _num(value) -> str:
     return "-" if value is None or value != value else f"{value:.4f}"
 
 
+def _save_figure(fig, out: Path, name: str) -> str:
+    fig.tight_layout()
+    fig.savefig(out / name, dpi=100)
+    _pyplot().close(fig)
+    return name
+
+
 def _plot_metrics(data: dict, out: Path) -> str:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.5))
@@ -120,10 +127,7 @@ def _plot_metrics(data: dict, out: Path) -> str:
     ax.set_xticks(xs)
     ax.legend(loc="lower right")
     ax.set_title("challenger accuracy per version and evaluation set")
-    fig.tight_layout()
-    fig.savefig(out / "metrics.png", dpi=100)
-    plt.close(fig)
-    return "metrics.png"
+    return _save_figure(fig, out, "metrics.png")
 
 
 def _plot_timeline(data: dict, out: Path) -> str:
@@ -134,10 +138,7 @@ def _plot_timeline(data: dict, out: Path) -> str:
     ax.set_xticks(range(1, len(moves) + 1), [f"{m['seq']}\n{m['action']}" for m in moves], fontsize=7)
     ax.set_ylabel("champion version")
     ax.set_title("champion timeline (ledger entries)")
-    fig.tight_layout()
-    fig.savefig(out / "timeline.png", dpi=100)
-    plt.close(fig)
-    return "timeline.png"
+    return _save_figure(fig, out, "timeline.png")
 
 
 def _plot_drift(data: dict, out: Path) -> str:
@@ -155,10 +156,7 @@ def _plot_drift(data: dict, out: Path) -> str:
     right.set_title("mean text length (chars)")
     for ax in (left, right):
         ax.tick_params(axis="x", labelrotation=45, labelsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "drift.png", dpi=100)
-    plt.close(fig)
-    return "drift.png"
+    return _save_figure(fig, out, "drift.png")
 
 
 def write_report(data: dict, out: Path) -> Path:

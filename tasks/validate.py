@@ -277,12 +277,13 @@ def quarantine_batch(root: Path, batch_id: str, batch: pd.DataFrame, report: Val
     return target
 
 
-def validate_staged(ws, staged, config: KaizenConfig) -> ValidationReport:
-    """The full suite, drift and leakage against this workspace's history, Data Docs included."""
-    from models.classifier import load_tokenizer
+def validate_staged(ws, staged, config: KaizenConfig, tokenizer) -> ValidationReport:
+    """The full suite, drift and leakage against this workspace's history, Data Docs included.
+
+    `tokenizer` is the base model's: drift's unknown-token rate is measured under it.
+    """
     from tasks.history import load_history
 
-    tokenizer = load_tokenizer(config.model.base)
     history, keys = load_history(ws, tokenizer)
     return validate_batch(pd.read_parquet(staged.path), config, staged.extra_columns, history, keys, tokenizer,
                           docs_dir=ws.reports / "data-docs" / staged.batch_id)
