@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lock clean-state
+.PHONY: demo test lint format lock clean-state
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,7 +15,16 @@ $(STAMP): requirements.lock pyproject.toml
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/kaizen demo
 
-test: $(STAMP)
+# Lint and format check first: a style slip fails in seconds, not after the suite.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test: lint
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
 
 # Re-resolve every pin. torch's own CUDA/triton wheels are left to pip, which takes the CPU

@@ -13,8 +13,10 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from tasks.runtime import set_runtime_defaults  # noqa: E402
+
+set_runtime_defaults()
 
 SST2 = ROOT.parent / "shared" / "datasets" / "sst2"
 LABELS = ["negative", "positive"]
@@ -33,7 +35,7 @@ def to_examples(frame: pd.DataFrame, tokenizer, max_length: int = 128):
     from tasks.featurize import tokenize_texts
 
     ids, offsets = tokenize_texts(frame["text"].tolist(), tokenizer, max_length)
-    rows = [ids[offsets[i]:offsets[i + 1]] for i in range(len(frame))]
+    rows = [ids[offsets[i] : offsets[i + 1]] for i in range(len(frame))]
     return Examples(rows, frame["label"].to_numpy(dtype=np.int64), frame.assign(replayed=False))
 
 

@@ -17,7 +17,6 @@ import argparse
 import tempfile
 
 import numpy as np
-
 from common import LABELS, machine, sst2_frame, to_examples
 
 

@@ -15,7 +15,6 @@ import tempfile
 import time
 
 import numpy as np
-
 from common import LABELS, machine, sst2_frame, to_examples
 
 
@@ -47,15 +46,18 @@ def main() -> None:
     for name, config in recipes.items():
         with tempfile.TemporaryDirectory() as tmp:
             started = time.perf_counter()
-            result = train_classifier("minilm", LABELS, train_ex, held_ex, config, f"{tmp}/m",
-                                      log=lambda line: print("   ", line, flush=True))
+            result = train_classifier(
+                "minilm", LABELS, train_ex, held_ex, config, f"{tmp}/m", log=lambda line: print("   ", line, flush=True)
+            )
             model, _ = load_classifier(f"{tmp}/m", LABELS)
             proba = predict_proba(model, val_ex.ids, tok.pad_token_id, 64, torch.device("cpu"))
             acc = float((proba.argmax(1) == val_ex.labels).mean())
-            print(f"{name}: SST-2 validation accuracy {acc:.4f} ({np.sum(proba.argmax(1) == val_ex.labels)}/872), "
-                  f"{result.steps} steps, {result.samples_per_second:.1f} samples/s, "
-                  f"{(time.perf_counter() - started) / 60:.1f} min; goal 0.915 {'met' if acc >= 0.915 else 'missed'}",
-                  flush=True)
+            print(
+                f"{name}: SST-2 validation accuracy {acc:.4f} ({np.sum(proba.argmax(1) == val_ex.labels)}/872), "
+                f"{result.steps} steps, {result.samples_per_second:.1f} samples/s, "
+                f"{(time.perf_counter() - started) / 60:.1f} min; goal 0.915 {'met' if acc >= 0.915 else 'missed'}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ import sys
 import time
 
 import numpy as np
-
 from common import LABELS, ROOT, machine, matmul_peak_flops, peak_rss_mb, sst2_frame, to_examples
 
 
@@ -57,16 +56,20 @@ def run_naive(rows: int, epochs: int) -> dict:
     for _ in range(epochs):
         order = torch.randperm(len(train))
         for i in range(0, len(train), 16):
-            idx = order[i:i + 16]
+            idx = order[i : i + 16]
             out = model(input_ids=enc["input_ids"][idx], attention_mask=enc["attention_mask"][idx], labels=labels[idx])
             out.loss.backward()
             optimizer.step()
             optimizer.zero_grad()
             tokens += int(enc["input_ids"][idx].numel())
     wall = time.perf_counter() - started
-    return {"samples": rows * epochs, "wall": wall, "tokens": tokens,
-            "accuracy": _accuracy(model, tokenizer, sst2_frame("validation")),
-            "params": _matmul_params(model)}
+    return {
+        "samples": rows * epochs,
+        "wall": wall,
+        "tokens": tokens,
+        "accuracy": _accuracy(model, tokenizer, sst2_frame("validation")),
+        "params": _matmul_params(model),
+    }
 
 
 def run_hf_trainer(rows: int, epochs: int) -> dict:
@@ -81,8 +84,10 @@ def run_hf_trainer(rows: int, epochs: int) -> dict:
     model, tokenizer = load_classifier("minilm", LABELS)
     train = sst2_frame("train", rows)
     enc = tokenizer(train["text"].tolist(), truncation=True, max_length=128)
-    dataset = [{"input_ids": ids, "attention_mask": m, "labels": int(y)}
-               for ids, m, y in zip(enc["input_ids"], enc["attention_mask"], train["label"])]
+    dataset = [
+        {"input_ids": ids, "attention_mask": m, "labels": int(y)}
+        for ids, m, y in zip(enc["input_ids"], enc["attention_mask"], train["label"], strict=True)
+    ]
     tokens = {"n": 0}
     collator = DataCollatorWithPadding(tokenizer)
 
@@ -92,15 +97,27 @@ def run_hf_trainer(rows: int, epochs: int) -> dict:
         return batch
 
     with tempfile.TemporaryDirectory() as out:
-        args = TrainingArguments(output_dir=out, num_train_epochs=epochs, report_to=[], save_strategy="no",
-                                 logging_strategy="no", use_cpu=True, seed=0, disable_tqdm=True)
+        args = TrainingArguments(
+            output_dir=out,
+            num_train_epochs=epochs,
+            report_to=[],
+            save_strategy="no",
+            logging_strategy="no",
+            use_cpu=True,
+            seed=0,
+            disable_tqdm=True,
+        )
         trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=counting)
         started = time.perf_counter()
         trainer.train()
         wall = time.perf_counter() - started
-    return {"samples": rows * epochs, "wall": wall, "tokens": tokens["n"],
-            "accuracy": _accuracy(model.eval(), tokenizer, sst2_frame("validation")),
-            "params": _matmul_params(model)}
+    return {
+        "samples": rows * epochs,
+        "wall": wall,
+        "tokens": tokens["n"],
+        "accuracy": _accuracy(model.eval(), tokenizer, sst2_frame("validation")),
+        "params": _matmul_params(model),
+    }
 
 
 def run_kaizen(rows: int, epochs: int) -> dict:
@@ -123,17 +140,26 @@ def run_kaizen(rows: int, epochs: int) -> dict:
     from tasks.train import _epoch_batches
 
     lengths = np.array([len(r) for r in train.ids])
-    tokens = sum(len(b) * int(lengths[b].max()) for e in range(epochs)
-                 for b in _epoch_batches(list(lengths), config.batch_size, config.seed, e, 1))
+    tokens = sum(
+        len(b) * int(lengths[b].max())
+        for e in range(epochs)
+        for b in _epoch_batches(list(lengths), config.batch_size, config.seed, e, 1)
+    )
     # The task's wall time includes its per-epoch validation passes; count them as overhead.
-    return {"samples": rows * epochs, "wall": result.wall_seconds, "tokens": tokens,
-            "accuracy": _accuracy(model, tokenizer, sst2_frame("validation")),
-            "params": _matmul_params(model)}
+    return {
+        "samples": rows * epochs,
+        "wall": result.wall_seconds,
+        "tokens": tokens,
+        "accuracy": _accuracy(model, tokenizer, sst2_frame("validation")),
+        "params": _matmul_params(model),
+    }
 
 
-RECIPES = {"a": ("naive (pad 128, fp32, batch 16, AdamW 2e-5)", run_naive),
-           "b": ("transformers Trainer defaults + dynamic padding", run_hf_trainer),
-           "c": ("kaizen training task", run_kaizen)}
+RECIPES = {
+    "a": ("naive (pad 128, fp32, batch 16, AdamW 2e-5)", run_naive),
+    "b": ("transformers Trainer defaults + dynamic padding", run_hf_trainer),
+    "c": ("kaizen training task", run_kaizen),
+}
 
 
 def main() -> None:
@@ -152,8 +178,12 @@ def main() -> None:
     print(f"data: {args.rows} SST-2 train rows, {args.epochs} epoch(s); accuracy on SST-2 validation (872)")
     results = {}
     for key, (name, _) in RECIPES.items():
-        done = subprocess.run([sys.executable, __file__, "--only", key, "--rows", str(args.rows),
-                               "--epochs", str(args.epochs)], capture_output=True, text=True, cwd=ROOT)
+        done = subprocess.run(
+            [sys.executable, __file__, "--only", key, "--rows", str(args.rows), "--epochs", str(args.epochs)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
         line = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
         if done.returncode != 0 or not line:
             print(f"({key}) {name}: FAILED\n{done.stderr[-2000:]}")
@@ -162,9 +192,11 @@ def main() -> None:
         r["rate"] = r["samples"] / r["wall"]
         r["flops"] = 6 * r["params"] * r["tokens"] / r["wall"]
         results[key] = r
-        print(f"({key}) {name}: {r['rate']:.1f} samples/s, peak RSS {r['peak_rss_mb']:.0f} MB, "
-              f"val acc {r['accuracy']:.4f}, {r['flops'] / 1e9:.1f} GFLOP/s = {100 * r['flops'] / peak:.1f}% of matmul peak "
-              f"({r['tokens'] / r['samples']:.1f} tokens/sample processed)")
+        print(
+            f"({key}) {name}: {r['rate']:.1f} samples/s, peak RSS {r['peak_rss_mb']:.0f} MB, "
+            f"val acc {r['accuracy']:.4f}, {r['flops'] / 1e9:.1f} GFLOP/s = {100 * r['flops'] / peak:.1f}% of matmul peak "
+            f"({r['tokens'] / r['samples']:.1f} tokens/sample processed)"
+        )
     if {"a", "c"} <= results.keys():
         print(f"c/a = {results['c']['rate'] / results['a']['rate']:.2f}x (goal >= 3)")
     if {"b", "c"} <= results.keys():

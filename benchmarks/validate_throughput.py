@@ -27,8 +27,10 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+from tasks.runtime import set_runtime_defaults  # noqa: E402
+
+set_runtime_defaults()
 
 from models.classifier import load_tokenizer  # noqa: E402
 from tasks.config import KaizenConfig  # noqa: E402
@@ -57,9 +59,11 @@ def suite_throughput(rows: int, config: KaizenConfig, tokenizer) -> None:
     prepared = time.perf_counter()
     report = validate_batch(batch, config, [], History(), np.zeros(0, dtype=np.int64), tokenizer)
     done = time.perf_counter()
-    print(f"(a) full suite on {rows:,} rows: prepare {prepared - started:.1f}s + validate {done - prepared:.1f}s "
-          f"= {done - started:.1f}s -> {rows / (done - started):,.0f} rows/s "
-          f"(success={report.success}; failed: {[o.name for o in report.failures]})")
+    print(
+        f"(a) full suite on {rows:,} rows: prepare {prepared - started:.1f}s + validate {done - prepared:.1f}s "
+        f"= {done - started:.1f}s -> {rows / (done - started):,.0f} rows/s "
+        f"(success={report.success}; failed: {[o.name for o in report.failures]})"
+    )
 
 
 def history_cost(batch_rows: int, config: KaizenConfig, tokenizer, sizes: list[int]) -> None:
@@ -90,8 +94,10 @@ def history_cost(batch_rows: int, config: KaizenConfig, tokenizer, sizes: list[i
                 validate_batch(new, config, [], history, loaded, tokenizer)
                 runs.append(time.perf_counter() - started)
             timings[size] = min(runs)
-            print(f"(b) one {batch_rows:,}-row batch vs {size:>5} earlier batches "
-                  f"({size * batch_rows:>10,} rows, {len(keys):>9,} test keys): {timings[size]:.3f}s (best of 3)")
+            print(
+                f"(b) one {batch_rows:,}-row batch vs {size:>5} earlier batches "
+                f"({size * batch_rows:>10,} rows, {len(keys):>9,} test keys): {timings[size]:.3f}s (best of 3)"
+            )
     first, last = timings[sizes[0]], timings[sizes[-1]]
     print(f"    ratio {sizes[-1]} vs {sizes[0]} batches of history: {last / first:.2f}x")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import typer
@@ -20,7 +20,7 @@ from tasks.workspace import Workspace
 
 def make_backtest_workspace(home: Workspace, into: Path | None) -> Workspace:
     """A fresh workspace that starts from the current workspace's kaizen.yaml."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     target = Workspace.at(into or home.state / "backtests" / stamp)
     if target.root.exists() and any(target.root.iterdir()):
         raise KaizenError(f"{target.root} is not empty; a backtest needs a fresh workspace")
@@ -56,6 +56,10 @@ def backtest_record(cycle: int, summary: dict) -> dict:
         # How much of what the champion knew the challenger lost (positive = forgot).
         "forgetting": None if champion_old is None or challenger_old is None else champion_old - challenger_old,
         "seconds": round(summary.get("seconds", 0.0), 1),
+        # The power behind the decision: the smallest effect `new` could resolve, and which
+        # comparisons could not resolve their margin.
+        "new_resolvable": (summary.get("power") or {}).get("new"),
+        "underpowered": [r for r in summary.get("reasons") or [] if "underpowered" in r],
     }
 
 
@@ -64,7 +68,10 @@ def _fmt(value) -> str:
 
 
 def print_table(records: list[dict], total: float) -> None:
-    head = f"{'cycle':<6}{'batch':<16}{'outcome':<13}{'champion':<9}{'new acc':<16}{'regression acc':<16}{'forgetting':<11}{'secs':>6}"
+    head = (
+        f"{'cycle':<6}{'batch':<16}{'outcome':<13}{'champion':<9}{'new acc':<16}{'regression acc':<16}"
+        f"{'forgetting':<11}{'resolves':<9}{'secs':>6}"
+    )
     typer.echo(head)
     typer.echo("-" * len(head))
     for r in records:
@@ -72,29 +79,100 @@ def print_table(records: list[dict], total: float) -> None:
             f"{r['cycle']:<6}{r['batch'][-15:]:<16}{r['outcome']:<13}{'v' + (r['champion_after'] or '-'):<9}"
             f"{_fmt(r['new_accuracy']) + '/' + _fmt(r['new_accuracy_champion']):<16}"
             f"{_fmt(r['regression_accuracy']) + '/' + _fmt(r['regression_accuracy_champion']):<16}"
-            f"{_fmt(r['forgetting']):<11}{r['seconds']:>6.1f}"
+            f"{_fmt(r['forgetting']):<11}{_fmt(r['new_resolvable']):<9}{r['seconds']:>6.1f}"
         )
         for reason in r["reasons"][:3]:
             typer.echo(f"{'':<6}why: {reason}")
         if r["data"] != "kept":
             typer.echo(f"{'':<6}data: batch {r['data']}")
-    typer.echo(f"(accuracies: challenger/champion; {len(records)} cycles in {total:.1f}s)")
+    typer.echo(
+        f"(accuracies: challenger/champion; resolves: the smallest gain the `new` set could resolve, in accuracy "
+        f"points; {len(records)} cycles in {total:.1f}s)"
+    )
 
 
-def run_backtest(home: Workspace, source: Path, batches: int, rows: int | None, order_by: str | None,
-                 into: Path | None, overrides: dict, as_json: bool) -> list[dict]:
+def print_policies(tracks: list, records: list[dict]) -> None:
+    """Per policy: its verdict and champion after each cycle, the champion's reference accuracy."""
+    typer.echo(
+        "\nreference accuracy of each cycle's challenger: "
+        + " | ".join(f"v{r['version']} {_fmt(r.get('challenger_reference_accuracy'))}" for r in records if r["version"])
+    )
+    typer.echo("policies decided on the same evaluations (verdict->champion after each cycle, its reference accuracy):")
+    for track in tracks:
+        cells = [
+            f"{v}->v{c or '-'} {_fmt(a)}"
+            for v, c, a in zip(track.verdicts, track.champions, track.reference_accuracy, strict=True)
+        ]
+        typer.echo(
+            f"  {track.policy:<9} promotions {track.promotions}, worst forgetting {_fmt(track.worst_forgetting)}: "
+            + " | ".join(cells)
+        )
+
+
+def run_backtest(
+    home: Workspace,
+    source: Path,
+    batches: int,
+    rows: int | None,
+    order_by: str | None,
+    into: Path | None,
+    overrides: dict,
+    as_json: bool,
+    policies: list[str] | None = None,
+    reference: Path | None = None,
+) -> list[dict]:
     target = make_backtest_workspace(home, into)
-    feed, labels = split_source(source, target.state / "backtest-input", batches, rows, shuffle=False,
-                                order_by=order_by)
+    feed, labels = split_source(
+        source, target.state / "backtest-input", batches, rows, shuffle=False, order_by=order_by
+    )
     started = time.perf_counter()
     echo = (lambda *_: None) if as_json else typer.echo
     echo(f"backtest: {len(feed)} batches of {source} in workspace {target.root}")
     results = replay_feed(target, feed, {"labels": labels, **overrides}, echo=echo)
     records = [backtest_record(i + 1, r) for i, r in enumerate(results)]
+    tracks = compare_policies(target, results, records, policies, reference, {"labels": labels, **overrides})
     if as_json:
         typer.echo(json.dumps(records, indent=1))
-    else:
-        typer.echo("")
-        print_table(records, time.perf_counter() - started)
-        typer.echo(f"workspace kept at {target.root} (kaizen status / report --workspace {target.root})")
+        return records
+    typer.echo("")
+    print_table(records, time.perf_counter() - started)
+    if tracks:
+        print_policies(tracks, records)
+    typer.echo(f"workspace kept at {target.root} (kaizen status / report --workspace {target.root})")
     return records
+
+
+def compare_policies(
+    target: Workspace,
+    results: list[dict],
+    records: list[dict],
+    policies: list[str] | None,
+    reference: Path | None,
+    overrides: dict,
+) -> list:
+    """Decide each listed policy on the replay's evaluations; add its verdict, champion and (with
+    a reference file) the champion's reference accuracy to every cycle's record."""
+    from tasks.backtest import attach_reference, reference_accuracies, track_policies
+    from tasks.context import Context
+
+    if not policies:
+        return []
+    ctx = Context.open(target.root, overrides)
+    tracks = track_policies(ctx, results, policies)
+    accuracy: dict[str, float] = {}
+    if reference is not None:
+        # Every challenger, promoted or not: the reference set is what says a rejection was wrong.
+        versions = {c for t in tracks for c in t.champions if c} | {r["version"] for r in records if r["version"]}
+        accuracy = reference_accuracies(ctx, versions, reference, target.runs / "reference")
+        attach_reference(tracks, accuracy)
+    for i, record in enumerate(records):
+        record["challenger_reference_accuracy"] = accuracy.get(record["version"] or "")
+        record["policies"] = {
+            t.policy: {
+                "verdict": t.verdicts[i],
+                "champion": t.champions[i],
+                "reference_accuracy": t.reference_accuracy[i] if t.reference_accuracy else None,
+            }
+            for t in tracks
+        }
+    return tracks

@@ -16,7 +16,17 @@ from tasks.workspace import Workspace
 
 # Local state the demo may reset; the feature cache and Prefect's home are kept (content
 # addressed / harmless) so a second demo is faster.
-RESET = ("mlflow.db", "mlartifacts", "dvc-remote", "quarantine", "runs", "reports", "staging", "last_run.json", "promote.lock")
+RESET = (
+    "mlflow.db",
+    "mlartifacts",
+    "dvc-remote",
+    "quarantine",
+    "runs",
+    "reports",
+    "staging",
+    "last_run.json",
+    "promote.lock",
+)
 
 
 def reset_workspace(ws: Workspace, force: bool) -> None:
@@ -39,7 +49,9 @@ def _fmt(value) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def run_demo(workspace: Path | None, source: Path | None, batches: int, rows: int, force: bool, overrides: dict) -> list[dict]:
+def run_demo(
+    workspace: Path | None, source: Path | None, batches: int, rows: int, force: bool, overrides: dict
+) -> list[dict]:
     from tasks.demo_data import LABELS, split_source, write_demo_batches
 
     ws = Workspace.at(workspace)
@@ -101,9 +113,11 @@ def print_summary(results: list[dict], total: float) -> None:
         for stage, secs in (r.get("timings") or {}).items():
             stages[stage] = stages.get(stage, 0.0) + secs
     typer.echo("-" * len(header))
-    typer.echo(f"total {total:.1f}s; by stage: " + ", ".join(
-        f"{k} {v:.1f}s ({100 * v / total:.0f}%)" for k, v in sorted(stages.items(), key=lambda kv: -kv[1])
-    ) + f", orchestration and other {max(total - sum(stages.values()), 0):.1f}s")
+    typer.echo(
+        f"total {total:.1f}s; by stage: "
+        + ", ".join(f"{k} {v:.1f}s ({100 * v / total:.0f}%)" for k, v in sorted(stages.items(), key=lambda kv: -kv[1]))
+        + f", orchestration and other {max(total - sum(stages.values()), 0):.1f}s"
+    )
 
 
 def print_next_steps(ws: Workspace) -> None:
@@ -113,5 +127,5 @@ Next:
   kaizen history                every move of the champion alias
   kaizen predict "the battery drains overnight"
   MLflow UI:   mlflow ui --backend-store-uri sqlite:///{ws.mlflow_db} --host 127.0.0.1 --port 5000
-  Prefect UI:  PREFECT_HOME={ws.state / 'prefect'} prefect server start --host 127.0.0.1
+  Prefect UI:  PREFECT_HOME={ws.state / "prefect"} prefect server start --host 127.0.0.1
 """)

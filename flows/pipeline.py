@@ -1,13 +1,16 @@
-"""Prefect flows: `ingest` and `continual_training`. Each task is a one-line wrapper of a
-plain function in tasks/; retries only around I/O."""
+"""Prefect flows: `ingest` and `continual_training`.
+
+Each stage is a one-line Prefect task wrapping a plain function in tasks/; retries only
+around I/O (DVC and the MLflow tracking server). `run_cycle` is the map of the pipeline.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,17 +21,26 @@ from prefect.runtime import flow_run
 from prefect.states import Failed, State
 
 from models.classifier import load_tokenizer
+from tasks import candidate, cycle, history, promotion, registry, tracking, versioning
 from tasks import evaluate as evaluate_mod
 from tasks import gate as gate_mod
 from tasks import ingest as ingest_mod
-from tasks import registry, train as train_mod, validate as validate_mod, versioning
-from tasks import history as history_mod
-from tasks import report as report_mod
-from tasks.config import KaizenConfig, load_config
-from tasks.cycle import NEW_BATCHES_TAG, PARENT_TAG, PENDING_TAG, CycleSummary, plan_cycle
+from tasks import train as train_mod
+from tasks import validate as validate_mod
+from tasks.context import Context
+from tasks.cycle import CyclePlan, CycleSummary
 from tasks.errors import KaizenError
 from tasks.featurize import featurize_batch
-from tasks.workspace import Workspace
+
+
+def _transient(task, task_run, state) -> bool:
+    """Retry I/O unless the failure is one of ours that another try cannot change (a refused,
+    tampered or unknown model version); DVC push failures are network trouble, so they retry."""
+    exc = state.data
+    return not isinstance(exc, KaizenError) or isinstance(exc, versioning.VersioningError)
+
+
+IO = {"retries": 2, "retry_delay_seconds": 2, "retry_condition_fn": _transient}
 
 
 class BatchRejected(KaizenError):
@@ -40,27 +52,84 @@ class BatchRejected(KaizenError):
         super().__init__(f"batch {batch_id} failed validation and is quarantined in {where}:\n{text}")
 
 
-# One-line wrappers. Inputs are paths, ids and configs; outputs are small dataclasses.
-stage_task = task(ingest_mod.stage_file, name="stage", cache_policy=NO_CACHE)
-validate_task = task(validate_mod.validate_staged, name="validate", cache_policy=NO_CACHE)
-record_history_task = task(history_mod.record_batch, name="record-history", cache_policy=NO_CACHE)
-quarantine_task = task(validate_mod.quarantine_staged, name="quarantine", cache_policy=NO_CACHE)
-accept_task = task(ingest_mod.accept_batch, name="version-data", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
-featurize_task = task(featurize_batch, name="featurize", cache_policy=NO_CACHE)
-train_task = task(train_mod.train_challenger, name="train", cache_policy=NO_CACHE)
-evaluate_task = task(evaluate_mod.evaluate_challenger, name="evaluate", cache_policy=NO_CACHE)
-gate_task = task(gate_mod.decide, name="gate", cache_policy=NO_CACHE)
-register_task = task(registry.register_challenger, name="register", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
-promote_task = task(registry.move_champion, name="promote", cache_policy=NO_CACHE)
+def _task(fn, name: str, **options):
+    return task(fn, name=name, cache_policy=NO_CACHE, **options)
 
 
-def prepare(workspace: str | None, overrides: dict[str, Any] | None) -> tuple[Workspace, KaizenConfig]:
-    ws = Workspace.at(workspace)
-    config = load_config(ws.root, overrides)
-    versioning.init_repo(ws, config.data.remote)
-    if versioning.finish_interrupted_push(ws):
-        get_run_logger().warning(f"data: finished an interrupted dvc push of data version {versioning.data_version(ws)}")
-    return ws, config
+# One-line wrappers. Inputs are paths, ids, the context and configs; outputs are small dataclasses.
+stage_task = _task(ingest_mod.stage_file, "stage")
+validate_task = _task(validate_mod.validate_staged, "validate")
+save_report_task = _task(validate_mod.save_report, "save-validation-report")
+log_validation_task = _task(tracking.log_validation, "log-validation", **IO)
+quarantine_task = _task(validate_mod.quarantine_staged, "quarantine")
+accept_task = _task(ingest_mod.accept_batch, "version-data", **IO)
+record_history_task = _task(history.record_batch, "record-history")
+plan_task = _task(cycle.plan_cycle, "plan", **IO)
+fetch_model_task = _task(registry.download_version, "load-model", **IO)
+featurize_task = _task(featurize_batch, "featurize")
+start_run_task = _task(tracking.start_cycle_run, "start-run", **IO)
+train_task = _task(train_mod.train_challenger, "train")
+evaluate_task = _task(evaluate_mod.evaluate_challenger, "evaluate")
+gate_task = _task(gate_mod.decide, "gate")
+log_evaluation_task = _task(tracking.log_evaluation, "log-evaluation", **IO)
+fail_run_task = _task(tracking.fail_run, "fail-run", **IO)
+lineage_task = _task(cycle.build_lineage, "lineage")
+register_task = _task(cycle.register_version, "register", **IO)
+promote_task = _task(promotion.promote_after_gate, "promote")
+champion_task = _task(promotion.current_champion, "read-champion", **IO)
+hold_task = _task(candidate.hold, "hold-candidate", **IO)
+candidate_task = _task(candidate.current_candidate, "find-candidate", **IO)
+drop_stale_task = _task(candidate.drop_if_stale, "drop-stale-candidate", **IO)
+judge_task = _task(candidate.judge, "judge-candidate")
+log_look_task = _task(tracking.log_look, "log-look", **IO)
+record_look_task = _task(candidate.record_look, "record-look", **IO)
+conclude_task = _task(candidate.conclude, "conclude-candidate")
+withdraw_task = _task(cycle.withdraw_batches, "withdraw-batches", **IO)
+
+
+def prepare(workspace: str | None, overrides: dict[str, Any] | None) -> Context:
+    ctx = Context.open(workspace, overrides)
+    # One line naming a broken remote before init_repo rewrites .dvc/config or a push is retried.
+    versioning.check_remote(ctx.ws, ctx.config.data.remote)
+    versioning.init_repo(ctx.ws, ctx.config.data.remote)
+    if versioning.finish_interrupted_push(ctx.ws):
+        get_run_logger().warning(
+            f"data: finished an interrupted dvc push of data version {versioning.data_version(ctx.ws)}"
+        )
+    return ctx
+
+
+def expected_failure(exc: KaizenError) -> State:
+    """End the flow run Failed with the message a user acts on, not a traceback; the caller
+    of the flow still gets `exc` raised."""
+    return Failed(message=str(exc).splitlines()[0], data=exc)
+
+
+def _flow_run_id() -> str:
+    return str(flow_run.get_id() or "")
+
+
+# --- ingest ----------------------------------------------------------------------------------
+
+
+def ingest_one(ctx: Context, file: str, batch_id: str | None) -> ingest_mod.BatchInfo:
+    logger = get_run_logger()
+    staged = stage_task(ctx.ws, ctx.config, file, batch_id)
+    tokenizer = load_tokenizer(ctx.config.model.base)  # one load serves validation and history
+    report = validate_task(ctx.ws, staged, ctx.config, tokenizer)
+    report_path = save_report_task(ctx.ws, staged.batch_id, report)
+    publish_validation(report, staged.batch_id)
+    log_validation_task(ctx, staged.batch_id, report, report_path, _flow_run_id())
+    for line in report.warning_lines():
+        logger.warning(f"validate: {staged.batch_id}: {line}")
+    if not report.success:
+        raise BatchRejected(staged.batch_id, report.failure_lines(), quarantine_task(ctx.ws, staged, report))
+    info, version = accept_task(ctx.ws, staged, versioning.commit_data)
+    record_history_task(ctx.ws, info.batch_id, ingest_mod.load_batch(ctx.ws, info.batch_id), tokenizer)
+    logger.info(
+        f"ingest: batch {info.batch_id} ({info.rows} rows, splits {info.split_counts}) -> data version {version}"
+    )
+    return info
 
 
 def publish_validation(report: validate_mod.ValidationReport, batch_id: str) -> None:
@@ -79,88 +148,20 @@ def _artifact_key(text: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")[:60] or "batch"
 
 
-def ingest_one(ws: Workspace, config: KaizenConfig, file: str, batch_id: str | None) -> ingest_mod.BatchInfo:
-    logger = get_run_logger()
-    staged = stage_task(ws, config, file, batch_id)
-    tokenizer = load_tokenizer(config.model.base)  # one load serves validation and history
-    report = validate_task(ws, staged, config, tokenizer)
-    ws.reports.mkdir(parents=True, exist_ok=True)
-    report_path = ws.reports / f"validation-{staged.batch_id}.json"
-    report_path.write_text(report.to_json())
-    publish_validation(report, staged.batch_id)
-    log_validation(ws, config, staged.batch_id, report, report_path)
-    for line in report.warning_lines():
-        logger.warning(f"validate: {staged.batch_id}: {line}")
-    if not report.success:
-        where = quarantine_task(ws.quarantine, staged, report)
-        raise BatchRejected(staged.batch_id, report.failure_lines(), where)
-    info, version = accept_task(ws, staged, versioning.commit_data)
-    record_history_task(ws, info.batch_id, ingest_mod.load_batch(ws, info.batch_id), tokenizer)
-    logger.info(f"ingest: batch {info.batch_id} ({info.rows} rows, splits {info.split_counts}) -> data version {version}")
-    return info
-
-
-def log_validation(ws: Workspace, config: KaizenConfig, batch_id: str, report, report_path: Path) -> None:
-    """Every validation is an MLflow run of the `<project>-data` experiment, with its reports."""
-    client = registry.connect(ws, config)
-    experiment = registry.ensure_experiment(client, ws, config, f"{config.project}-data")
-    run = client.create_run(experiment, run_name=f"validate-{batch_id}",
-                            tags={"kaizen.batch_id": batch_id, "kaizen.validation": "pass" if report.success else "fail",
-                                  "kaizen.flow_run_id": str(flow_run.get_id() or "")})
-    client.log_metric(run.info.run_id, "rows", report.rows)
-    client.log_metric(run.info.run_id, "failed_expectations", len(report.failures))
-    client.log_artifact(run.info.run_id, str(report_path))
-    if report.data_docs and Path(report.data_docs).exists():
-        client.log_artifacts(run.info.run_id, str(Path(report.data_docs).parent), "data_docs")
-    client.set_terminated(run.info.run_id)
-
-
 @flow(name="ingest")
-def ingest(file: str, batch_id: str | None = None, workspace: str | None = None,
-           overrides: dict[str, Any] | None = None) -> dict:
+def ingest(
+    file: str, batch_id: str | None = None, workspace: str | None = None, overrides: dict[str, Any] | None = None
+) -> dict:
     """Validate a file and, if it passes, add it to data/ as an immutable DVC-versioned batch."""
-    ws, config = prepare(workspace, overrides)
+    ctx = prepare(workspace, overrides)
     try:
-        info = ingest_one(ws, config, file, batch_id)
+        info = ingest_one(ctx, file, batch_id)
     except KaizenError as exc:
         return expected_failure(exc)
     return info.__dict__
 
 
-def expected_failure(exc: KaizenError) -> State:
-    """End the flow run Failed with the message a user acts on, not a traceback; the caller
-    of the flow still gets `exc` raised."""
-    return Failed(message=str(exc).splitlines()[0], data=exc)
-
-
-@task(name="withdraw-batches", cache_policy=NO_CACHE)
-def withdraw_task(ws: Workspace, batch_ids: list[str], version: str, gate_json: str, tokenizer) -> str:
-    """A gate-rejected cycle's batches leave the training history (kept in quarantine)."""
-    for batch_id in batch_ids:
-        batch = ingest_mod.load_batch(ws, batch_id)
-        ingest_mod.withdraw_batch(ws, batch_id, ws.quarantine, f"gate rejected v{version}", gate_json)
-        history_mod.forget_batch(ws, batch_id, batch, tokenizer)
-    return versioning.commit_data(ws)
-
-
-def _flat_metrics(evaluation: evaluate_mod.Evaluation, slices: bool) -> dict[str, float]:
-    """`new.challenger.accuracy`, `regression.delta.accuracy`, `latency.champion.p95`, ..."""
-    out = {}
-    for s in evaluation.sets:
-        if s.kind == "slice" and not slices:
-            continue
-        for side in ("challenger", "champion", "delta", "ci_low", "ci_high"):
-            for metric, value in (getattr(s, side) or {}).items():
-                out[f"{s.name}.{side}.{metric}"] = value
-    for role, values in evaluation.latency_ms.items():
-        for key, value in values.items():
-            out[f"latency.{role}.{key}_ms"] = value
-    return out
-
-
-def _metric_key(name: str) -> str:
-    # MLflow metric names allow letters, digits, _ - . / and space.
-    return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in name)
+# --- the cycle -------------------------------------------------------------------------------
 
 
 @flow(name="continual_training")
@@ -172,152 +173,251 @@ def continual_training(
     auto_promote: bool | None = None,
 ) -> dict:
     """Ingest any given files, then train, evaluate, gate and register a challenger."""
-    ws, config = prepare(workspace, overrides)
-    logger = get_run_logger()
-    summary = CycleSummary(status="failed", flow_run_id=str(flow_run.get_id() or ""))
-    champion = registry.get_alias(registry.connect(ws, config), config.registry.model_name, registry.CHAMPION)
-    summary.champion_before = summary.champion_after = champion.version if champion else None
+    ctx = prepare(workspace, overrides)
+    summary = CycleSummary(status="failed", flow_run_id=_flow_run_id())
+    # Known before anything can fail, so a quarantined batch's summary still names the champion.
+    summary.champion_before = summary.champion_after = champion_task(ctx)
     try:
-        files = files or []
-        ids = batch_ids or [None] * len(files)
-        if len(ids) != len(files):
-            raise KaizenError(f"{len(files)} file(s) but {len(ids)} batch id(s)")
-        for file, batch_id in zip(files, ids):
+        for file, batch_id in _pair(files or [], batch_ids):
             with timed(summary, "ingest+validate"):
-                ingest_one(ws, config, file, batch_id)
-        _run_cycle(ws, config, summary, logger, config.gate.auto_promote if auto_promote is None else auto_promote)
+                ingest_one(ctx, file, batch_id)
+        run_cycle(ctx, summary, ctx.config.gate.auto_promote if auto_promote is None else auto_promote)
     except BatchRejected as rejected:
         summary.status, summary.batch_ids, summary.reasons = "quarantined", [rejected.batch_id], rejected.lines
-        summary.save(ws.last_run)
-        return expected_failure(rejected)
+        return _finish(ctx, summary, expected_failure(rejected))
     except KaizenError as exc:
         summary.reasons = [str(exc)]
-        summary.save(ws.last_run)
-        return expected_failure(exc)
+        if summary.mlflow_run_id:  # e.g. training diverged: the run ends FAILED, not RUNNING
+            fail_run_task(ctx, summary.mlflow_run_id)
+        return _finish(ctx, summary, expected_failure(exc))
     except BaseException as exc:
         summary.reasons = summary.reasons or [f"{type(exc).__name__}: {exc}"]
-        summary.save(ws.last_run)
+        summary.save(ctx.ws.last_run)
         raise
-    summary.save(ws.last_run)
-    return summary.__dict__
+    return _finish(ctx, summary, summary.__dict__)
 
 
-def _run_cycle(ws: Workspace, config: KaizenConfig, summary: CycleSummary, logger, auto_promote: bool) -> None:
-    client = registry.connect(ws, config)
-    name = config.registry.model_name
-    plan = plan_cycle(ws, client, name)
+def _pair(files: list[str], batch_ids: list[str] | None) -> list[tuple[str, str | None]]:
+    ids = batch_ids or [None] * len(files)
+    if len(ids) != len(files):
+        raise KaizenError(f"{len(files)} file(s) but {len(ids)} batch id(s)")
+    return list(zip(files, ids, strict=True))
+
+
+def _finish(ctx: Context, summary: CycleSummary, result):
+    summary.save(ctx.ws.last_run)
+    return result
+
+
+def run_cycle(ctx: Context, summary: CycleSummary, auto_promote: bool) -> None:
+    """plan -> candidate look -> load champion -> featurize -> train -> evaluate -> gate -> register
+    -> promote or hold -> settle the batches."""
+    plan = plan_task(ctx)
+    if not announce_plan(ctx, plan, summary):
+        return
+    with scratch_dir(ctx) as scratch:
+        plan = settle_candidate(ctx, plan, scratch, summary, auto_promote)
+        if plan is None:
+            return  # a held candidate is still gathering evidence; the new batches wait for it
+        with timed(summary, "load champion"):
+            champion_dir = fetch_model(ctx, plan.champion_version, scratch / "champion")
+        start_from = champion_dir or ctx.config.model.base
+        with timed(summary, "featurize"):
+            features = featurize_all(ctx, plan.new_batches + plan.seen_batches, start_from)
+        summary.mlflow_run_id = run_id = start_run_task(ctx, plan.new_batches, summary.flow_run_id)
+        log, log_metrics = get_run_logger().info, tracking.metric_logger(ctx, run_id)
+        with timed(summary, "train"):
+            args = (plan, features, start_from, scratch / "challenger", log, log_metrics)
+            result, replayed = train_task(ctx.ws, ctx.config, *args)
+        with timed(summary, "evaluate"):
+            evaluation = evaluate_task(ctx.ws, ctx.config, plan, features, result.model_dir, champion_dir)
+        decision = gate_task(evaluation, ctx.config.gate, plan.champion_version is not None)
+        log_evaluation_task(ctx, run_id, evaluation, decision)
+        announce_decision(decision, plan, evaluation, summary)
+        lineage = lineage_task(ctx, plan, replayed, decision, summary.flow_run_id, summary.data_version)
+        with timed(summary, "register+promote"):
+            ref = register_task(ctx, plan, run_id, result.model_dir, lineage, decision)
+            act_on_decision(ctx, ref.version, run_id, plan, decision, auto_promote, summary)
+        with timed(summary, "ingest+validate"):
+            settle_batches(ctx, plan, decision, ref.version, summary)
+
+
+def act_on_decision(
+    ctx: Context,
+    version: str,
+    run_id: str,
+    plan: CyclePlan,
+    decision: gate_mod.GateDecision,
+    auto_promote: bool,
+    summary: CycleSummary,
+) -> None:
+    """Promote a passing challenger; make a held one the candidate; leave a rejected one be."""
+    promoted = decision.passed and auto_promote
+    if promoted:
+        promote_task(ctx, version, plan.champion_version)
+    elif decision.held:
+        hold_task(ctx, version, run_id, plan.new_batches, decision)
+    announce_outcome(version, promoted, decision, plan, summary)
+
+
+def settle_candidate(
+    ctx: Context, plan: CyclePlan, scratch: Path, summary: CycleSummary, auto_promote: bool
+) -> CyclePlan | None:
+    """Before training anything new, look again at a held candidate on the test split of the
+    batches it has not been judged on. Returns the plan to train on (re-planned when the
+    candidate was decided), or None while it is still held."""
+    held = candidate_task(ctx)
+    if held is None:
+        return plan
+    if drop_stale_task(ctx, held, plan.champion_version):
+        return replan(ctx, summary)
+    fresh = candidate.fresh_batches(held, plan.new_batches)
+    if fresh:
+        with timed(summary, "evaluate"):
+            look = look_at_candidate(ctx, held, plan, fresh, scratch)
+        decision = judge_task(ctx, held, look)
+        run_id = log_look_task(ctx, held.version, fresh, look, decision, summary.flow_run_id)
+        record_look_task(ctx, held, run_id, fresh, decision)
+        summary.candidate = {
+            "version": held.version,
+            "verdict": decision.verdict,
+            "reasons": decision.reasons,
+            "rows": _pooled_new_rows(decision),
+            "outcome": conclude_task(ctx, held, decision, auto_promote),
+        }
+    else:
+        summary.candidate = {
+            "version": held.version,
+            "verdict": "hold",
+            "outcome": "held",
+            "rows": None,
+            "reasons": ["no batch it has not already been judged on; waiting for fresh data"],
+        }
+    announce_candidate(summary.candidate)
+    if summary.candidate["outcome"] == "held":
+        summary.status, summary.version = "holding", held.version
+        summary.verdict, summary.reasons = "hold", summary.candidate["reasons"]
+        return None
+    return replan(ctx, summary)
+
+
+def look_at_candidate(ctx: Context, held, plan: CyclePlan, fresh: list[str], scratch: Path):
+    """Candidate and champion on the fresh test split only (regression and golden were judged
+    on the candidate's own cycle and are the same rows every time)."""
+    candidate_dir = fetch_model(ctx, held.version, scratch / "candidate")
+    champion_dir = fetch_model(ctx, plan.champion_version, scratch / "champion")
+    features = featurize_all(ctx, fresh, candidate_dir)
+    look_plan = CyclePlan(fresh, [], plan.champion_version)
+    return evaluate_task(ctx.ws, ctx.config, look_plan, features, candidate_dir, champion_dir)
+
+
+def _pooled_new_rows(decision: gate_mod.GateDecision) -> int | None:
+    rows = next((r for r in decision.rules if r.kind == "size"), None)
+    return None if rows is None or rows.value is None else int(rows.value)
+
+
+def replan(ctx: Context, summary: CycleSummary) -> CyclePlan:
+    plan = plan_task(ctx)
     summary.batch_ids, summary.champion_before = plan.new_batches, plan.champion_version
     summary.champion_after = plan.champion_version
-    summary.data_version = versioning.data_version(ws)
+    return plan
+
+
+def announce_plan(ctx: Context, plan: CyclePlan, summary: CycleSummary) -> bool:
+    """Record and log what the cycle will do; False when there is nothing to train."""
+    summary.batch_ids, summary.champion_before = plan.new_batches, plan.champion_version
+    summary.champion_after, summary.data_version = plan.champion_version, versioning.data_version(ctx.ws)
+    logger = get_run_logger()
     if not plan.new_batches:
         summary.status = "nothing-to-do"
         logger.info("cycle: no new batches since the last cycle; nothing to train")
+        return False
+    logger.info(
+        f"cycle: new batches {plan.new_batches}; champion v{plan.champion_version or '-'} "
+        f"knows {len(plan.seen_batches)} batch(es)"
+    )
+    return True
+
+
+def fetch_model(ctx: Context, version: str | None, target: Path) -> str | None:
+    if not version:
+        return None
+    return str(fetch_model_task(ctx.client, ctx.model_name, version, target))
+
+
+def featurize_all(ctx: Context, batches: list[str], tokenizer_source: str) -> dict[str, str]:
+    """Token ids of every batch the cycle reads; cached, so only never-seen batches cost anything."""
+    tokenizer = load_tokenizer(tokenizer_source)
+    return {b: featurize_task(ctx.ws, b, tokenizer, ctx.config.model.max_length).path for b in batches}
+
+
+def announce_decision(
+    decision: gate_mod.GateDecision, plan: CyclePlan, evaluation: evaluate_mod.Evaluation, summary: CycleSummary
+) -> None:
+    summary.metrics = tracking.flat_metrics(evaluation, slices=False)
+    summary.verdict, summary.reasons = decision.verdict, decision.reasons
+    summary.power = {r.name.split(" ")[0]: r.resolvable for r in decision.rules if r.resolvable is not None}
+    create_markdown_artifact(
+        key="gate-decision",
+        markdown=decision.to_markdown(),
+        description=f"gate for batches {', '.join(plan.new_batches)}",
+    )
+    get_run_logger().info(f"gate: {decision.verdict}" + "".join(f"\n  - {r}" for r in decision.reasons))
+
+
+def announce_outcome(
+    version: str, promoted: bool, decision: gate_mod.GateDecision, plan: CyclePlan, summary: CycleSummary
+) -> None:
+    summary.version = version
+    if promoted:
+        summary.status, summary.champion_after = "promoted", version
+        get_run_logger().info(f"promote: v{version} is champion (was v{plan.champion_version or '-'})")
         return
-    logger.info(f"cycle: new batches {plan.new_batches}; champion v{plan.champion_version or '-'} "
-                f"knows {len(plan.seen_batches)} batch(es)")
-    scratch = Path(tempfile.mkdtemp(prefix="cycle-", dir=_mkdir(ws.runs)))
+    summary.status = "registered" if decision.passed else ("held" if decision.held else "rejected")
+    held = " and the candidate gathering evidence" if decision.held else ""
+    get_run_logger().info(f"registry: v{version} is challenger{held}; champion stays v{plan.champion_version or '-'}")
+
+
+def announce_candidate(look: dict) -> None:
+    rows = f" on {look['rows']} pooled new rows" if look.get("rows") else ""
+    get_run_logger().info(
+        f"candidate: v{look['version']} {look['outcome']}{rows}" + "".join(f"\n  - {r}" for r in look["reasons"])
+    )
+
+
+def settle_batches(
+    ctx: Context, plan: CyclePlan, decision: gate_mod.GateDecision, version: str, summary: CycleSummary
+) -> None:
+    """A rejected cycle's batches are withdrawn (the data is implicated) or stay pending."""
+    fate = cycle.batch_fate(decision)
+    logger = get_run_logger()
+    if fate == "withdrawn":
+        summary.data_version = withdraw_task(ctx, plan.new_batches, version, decision.to_json())
+        summary.withdrawn = plan.new_batches
+        logger.info(
+            f"data: the gate's failures implicate the data; batches {plan.new_batches} withdrawn to "
+            f"quarantine; data version {summary.data_version}"
+        )
+    elif fate == "pending":
+        summary.pending = plan.new_batches
+        logger.info(f"data: batches {plan.new_batches} stay pending and join the next cycle's training data")
+
+
+@contextlib.contextmanager
+def scratch_dir(ctx: Context) -> Iterator[Path]:
+    """A cycle's temporary files (the champion's weights, the challenger before registration)."""
+    ctx.ws.runs.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="cycle-", dir=ctx.ws.runs))
     try:
-        champion_dir = None
-        with timed(summary, "load champion"):
-            if plan.champion_version:
-                ref = registry.get_version(client, name, plan.champion_version)
-                champion_dir = str(registry.download_model(client, ref, scratch / "champion"))
-        start_from = champion_dir or config.model.base
-        with timed(summary, "featurize"):
-            tokenizer = load_tokenizer(start_from)
-            features = {
-                b: featurize_task(ws, b, tokenizer, config.model.max_length).path
-                for b in plan.new_batches + plan.seen_batches
-            }
-        experiment = registry.ensure_experiment(client, ws, config)
-        run = client.create_run(experiment, run_name=f"cycle-{plan.new_batches[-1]}",
-                                tags={"kaizen.flow_run_id": summary.flow_run_id or ""})
-        summary.mlflow_run_id = run.info.run_id
-        client.log_param(run.info.run_id, "config_hash", config.fingerprint())
-        client.log_text(run.info.run_id, json.dumps(config.model_dump(mode="json"), indent=1), "config.json")
-
-        def log_metrics(values: dict[str, float], step: int) -> None:
-            for key, value in values.items():
-                client.log_metric(run.info.run_id, key, value, step=step)
-
-        with timed(summary, "train"):
-            result, replayed = train_task(ws, config, plan, features, start_from, scratch / "challenger",
-                                          logger.info, log_metrics)
-        with timed(summary, "evaluate"):
-            evaluation = evaluate_task(ws, config, plan, features, result.model_dir, champion_dir)
-        decision = gate_task(evaluation, config.gate, plan.champion_version is not None)
-        summary.metrics = _flat_metrics(evaluation, slices=False)
-        summary.verdict, summary.reasons = decision.verdict, decision.reasons
-        for key, value in _flat_metrics(evaluation, slices=True).items():
-            client.log_metric(run.info.run_id, _metric_key(key), value)
-        client.log_text(run.info.run_id, evaluation.to_json(), "evaluation.json")
-        client.log_text(run.info.run_id, decision.to_json(), "gate.json")
-        client.log_text(run.info.run_id, decision.to_markdown(), "gate.md")
-        new_set = evaluation.get("new")
-        if new_set is not None and new_set.confusion:
-            client.log_figure(run.info.run_id, report_mod.confusion_figure(new_set, evaluation.labels),
-                              "confusion_new.png")
-        create_markdown_artifact(key="gate-decision", markdown=decision.to_markdown(),
-                                 description=f"gate for batches {', '.join(plan.new_batches)}")
-        logger.info(f"gate: {decision.verdict}" + "".join(f"\n  - {r}" for r in decision.reasons))
-
-        remote = versioning.remote_settings(ws)
-        tags = {
-            "kaizen.data_md5": summary.data_version or "",
-            "kaizen.batch_ids": ",".join(plan.seen_batches + plan.new_batches),
-            NEW_BATCHES_TAG: ",".join(plan.new_batches),
-            PARENT_TAG: plan.champion_version or "",
-            "kaizen.replayed_rows": str(replayed),
-            "kaizen.dvc_remote": remote.get("url", ""),
-            "kaizen.dvc_endpoint": remote.get("endpointurl", ""),
-            "kaizen.git_sha": registry.git_sha(),
-            "kaizen.config_hash": config.fingerprint(),
-            "kaizen.flow_run_id": summary.flow_run_id or "",
-            "kaizen.gate_verdict": decision.verdict,
-            "kaizen.gate_reasons": "; ".join(decision.reasons)[:4000],
-        }
-        withdraw = not decision.passed and gate_mod.implicates_data(decision)
-        if not decision.passed and not withdraw:
-            tags[PENDING_TAG] = "true"
-        examples = ingest_mod.load_batch(ws, plan.new_batches[0])["text"].head(3).tolist()
-        with timed(summary, "register+promote"):
-            ref = register_task(client, config, run.info.run_id, Path(result.model_dir), tags, examples)
-            summary.version = ref.version
-            # The decision travels with the model version, readable in the registry UI.
-            client.update_model_version(name, ref.version, description=decision.to_markdown())
-            client.set_terminated(run.info.run_id)
-            if decision.passed and auto_promote:
-                why = "bootstrap: first model" if plan.champion_version is None else "gate passed"
-                promote_task(client, ws, name, ref.version, plan.champion_version, "promote", why)
-        if decision.passed and auto_promote:
-            summary.status, summary.champion_after = "promoted", ref.version
-            logger.info(f"promote: v{ref.version} is champion (was v{plan.champion_version or '-'})")
-        else:
-            summary.status = "rejected" if not decision.passed else "registered"
-            logger.info(f"registry: v{ref.version} is challenger; champion stays v{plan.champion_version or '-'}")
-        if withdraw:
-            with timed(summary, "ingest+validate"):
-                summary.data_version = withdraw_task(ws, plan.new_batches, ref.version, decision.to_json(),
-                                                     load_tokenizer(config.model.base))
-            summary.withdrawn = plan.new_batches
-            logger.info(f"data: the gate's failures implicate the data; batches {plan.new_batches} withdrawn to "
-                        f"quarantine; data version {summary.data_version}")
-        elif not decision.passed:
-            summary.pending = plan.new_batches
-            logger.info(f"data: batches {plan.new_batches} stay pending and join the next cycle's training data")
+        yield scratch
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
 @contextlib.contextmanager
-def timed(summary: CycleSummary, stage: str):
+def timed(summary: CycleSummary, stage: str) -> Iterator[None]:
     started = time.perf_counter()
     try:
         yield
     finally:
         summary.timings[stage] = summary.timings.get(stage, 0.0) + time.perf_counter() - started
-
-
-def _mkdir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path

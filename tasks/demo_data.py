@@ -20,31 +20,94 @@ import pandas as pd
 LABELS = ["negative", "positive"]
 
 RESTAURANT = {
-    "subject": ["the pasta", "the soup", "our waiter", "the dessert", "the steak", "the curry", "the service",
-                "the brunch menu", "the pizza", "the coffee", "the staff", "the wine list", "the salad",
-                "the burger", "the dumplings", "the seafood platter"],
-    "positive": ["was delicious", "was absolutely wonderful", "was fresh and tasty", "was friendly and quick",
-                 "was cooked to perfection", "exceeded our expectations", "was the best in town",
-                 "was lovely", "was generous and flavourful", "made our evening"],
-    "negative": ["was cold and bland", "was awful", "tasted stale", "was rude and slow", "was overcooked",
-                 "was a huge disappointment", "was the worst we have had", "was greasy and tasteless",
-                 "made us wait an hour", "ruined the evening"],
+    "subject": [
+        "the pasta",
+        "the soup",
+        "our waiter",
+        "the dessert",
+        "the steak",
+        "the curry",
+        "the service",
+        "the brunch menu",
+        "the pizza",
+        "the coffee",
+        "the staff",
+        "the wine list",
+        "the salad",
+        "the burger",
+        "the dumplings",
+        "the seafood platter",
+    ],
+    "positive": [
+        "was delicious",
+        "was absolutely wonderful",
+        "was fresh and tasty",
+        "was friendly and quick",
+        "was cooked to perfection",
+        "exceeded our expectations",
+        "was the best in town",
+        "was lovely",
+        "was generous and flavourful",
+        "made our evening",
+    ],
+    "negative": [
+        "was cold and bland",
+        "was awful",
+        "tasted stale",
+        "was rude and slow",
+        "was overcooked",
+        "was a huge disappointment",
+        "was the worst we have had",
+        "was greasy and tasteless",
+        "made us wait an hour",
+        "ruined the evening",
+    ],
     "closer_pos": ["we will be back", "highly recommended", "worth every penny", "five stars", ""],
     "closer_neg": ["never again", "avoid this place", "not worth the money", "one star", ""],
 }
 
 GADGET = {
-    "subject": ["the battery", "the charger", "the touchscreen", "the bluetooth pairing", "the firmware update",
-                "the camera app", "the keyboard", "the fan", "the speaker", "the wifi adapter", "the hinge",
-                "the fingerprint reader", "the power button", "the usb port", "the docking station"],
-    "positive": ["lasts two full days", "pairs instantly every time", "responds to the lightest touch",
-                 "charges the laptop in under an hour", "runs silently under load", "survived a drop onto tiles",
-                 "installed in a minute and fixed the lag", "still works after three years",
-                 "connects on the first try", "keeps the laptop cool all day"],
-    "negative": ["drains overnight", "stopped charging after a week", "registers phantom taps",
-                 "drops the connection every few minutes", "bricked the device", "crashes on launch",
-                 "sticks after a month", "sounds like a jet engine", "crackles at half volume",
-                 "snapped on day three"],
+    "subject": [
+        "the battery",
+        "the charger",
+        "the touchscreen",
+        "the bluetooth pairing",
+        "the firmware update",
+        "the camera app",
+        "the keyboard",
+        "the fan",
+        "the speaker",
+        "the wifi adapter",
+        "the hinge",
+        "the fingerprint reader",
+        "the power button",
+        "the usb port",
+        "the docking station",
+    ],
+    "positive": [
+        "lasts two full days",
+        "pairs instantly every time",
+        "responds to the lightest touch",
+        "charges the laptop in under an hour",
+        "runs silently under load",
+        "survived a drop onto tiles",
+        "installed in a minute and fixed the lag",
+        "still works after three years",
+        "connects on the first try",
+        "keeps the laptop cool all day",
+    ],
+    "negative": [
+        "drains overnight",
+        "stopped charging after a week",
+        "registers phantom taps",
+        "drops the connection every few minutes",
+        "bricked the device",
+        "crashes on launch",
+        "sticks after a month",
+        "sounds like a jet engine",
+        "crackles at half volume",
+        "snapped on day three",
+    ],
     "closer_pos": ["would buy it again", "returning customer", "money well spent", ""],
     "closer_neg": ["sent it back", "asked for a refund", "support never replied", ""],
 }
@@ -86,7 +149,10 @@ def make_corrupt_batch(rows: int, seed: int) -> pd.DataFrame:
 
 def make_noised_batch(rows: int, seed: int, flip: float = 0.4) -> pd.DataFrame:
     frame = pd.concat(
-        [make_domain_batch(GADGET, "gadgets", rows // 2, seed), make_domain_batch(RESTAURANT, "restaurants", rows - rows // 2, seed + 1)],
+        [
+            make_domain_batch(GADGET, "gadgets", rows // 2, seed),
+            make_domain_batch(RESTAURANT, "restaurants", rows - rows // 2, seed + 1),
+        ],
         ignore_index=True,
     )
     rng = random.Random(seed)
@@ -113,7 +179,7 @@ def write_demo_batches(target: Path, rows: int = 600, seed: int = 2026) -> list[
         make_noised_batch(rows, seed + 30),
     ]
     out = []
-    for (batch_id, description), frame in zip(DEMO_BATCHES, frames):
+    for (batch_id, description), frame in zip(DEMO_BATCHES, frames, strict=True):
         path = target / f"{batch_id}.csv"
         frame.to_csv(path, index=False)
         out.append((batch_id, path, description))
@@ -138,8 +204,14 @@ def read_labelled(source: Path) -> pd.DataFrame:
 
 
 def split_source(
-    source: Path, target: Path, batches: int, rows_per_batch: int | None, shuffle: bool,
-    order_by: str | None = None, seed: int = 2026, prefix: str = "",
+    source: Path,
+    target: Path,
+    batches: int,
+    rows_per_batch: int | None,
+    shuffle: bool,
+    order_by: str | None = None,
+    seed: int = 2026,
+    prefix: str = "",
 ) -> tuple[list[tuple[str, Path, str]], list[str]]:
     """Cut a labelled file into consecutive batch files; returns the feed and the label set.
 
@@ -162,7 +234,7 @@ def split_source(
     target.mkdir(parents=True, exist_ok=True)
     feed = []
     for i in range(batches):
-        part = frame.iloc[i * size:(i + 1) * size]
+        part = frame.iloc[i * size : (i + 1) * size]
         if part.empty:
             break
         batch_id = f"{prefix}{source.stem}-{i + 1:03d}"[:100]

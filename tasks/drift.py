@@ -48,12 +48,24 @@ def check_drift(batch: BatchStats, history: BatchStats, config) -> list[DriftChe
     if history.rows == 0:
         return []
     checks = [
-        ("label distribution", "total variation distance", total_variation(batch.label_counts, history.label_counts),
-         config.label_tvd),
-        ("text length distribution", "population stability index", population_stability(batch.length_hist, history.length_hist),
-         config.length_psi),
-        ("unknown-token rate", "increase in [UNK] share (points)", 100 * (unk_rate(batch) - unk_rate(history)),
-         config.unk_rate_increase),
+        (
+            "label distribution",
+            "total variation distance",
+            total_variation(batch.label_counts, history.label_counts),
+            config.label_tvd,
+        ),
+        (
+            "text length distribution",
+            "population stability index",
+            population_stability(batch.length_hist, history.length_hist),
+            config.length_psi,
+        ),
+        (
+            "unknown-token rate",
+            "increase in [UNK] share (points)",
+            100 * (unk_rate(batch) - unk_rate(history)),
+            config.unk_rate_increase,
+        ),
     ]
     return [
         DriftCheck(name, statistic, float(value), limit.threshold, limit.severity, bool(value > limit.threshold))

@@ -13,8 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
+from tasks.errors import KaizenError
 from tasks.ingest import read_manifest, write_atomic
 from tasks.workspace import Workspace
+
+
+class FeatureError(KaizenError, RuntimeError):
+    """The feature cache could not be written; the message names the file."""
 
 
 @dataclass(frozen=True)
@@ -66,8 +71,18 @@ def featurize_batch(ws: Workspace, batch_id: str, tokenizer, max_length: int) ->
         return FeatureInfo(batch_id, str(path), entry["rows"], cached=True)
     texts = pd.read_parquet(ws.batch_path(batch_id), columns=["text"])["text"].tolist()
     ids, offsets = tokenize_texts(texts, tokenizer, max_length)
-    write_atomic(path, lambda tmp: _save_npz(tmp, ids, offsets))
+    write_features(path, ids, offsets)
     return FeatureInfo(batch_id, str(path), len(texts), cached=False)
+
+
+def write_features(path: Path, ids: np.ndarray, offsets: np.ndarray) -> None:
+    """Write the cache file atomically; a failed write (a full disk) leaves no file at `path`
+    and no temporary beside it (write_atomic), and becomes one line naming the file."""
+    try:
+        write_atomic(path, lambda tmp: _save_npz(tmp, ids, offsets))
+    except OSError as exc:
+        reason = (exc.strerror or str(exc) or type(exc).__name__).lower()
+        raise FeatureError(f"{path}: cannot write token features: {reason}") from None
 
 
 def _save_npz(path: str, ids: np.ndarray, offsets: np.ndarray) -> None:
@@ -79,4 +94,4 @@ def load_features(path: Path | str) -> list[np.ndarray]:
     """Ragged ids, one array per row. np.load without pickle: plain arrays only."""
     with np.load(path, allow_pickle=False) as data:
         ids, offsets = data["ids"], data["offsets"]
-    return [ids[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
+    return [ids[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]

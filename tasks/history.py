@@ -33,13 +33,13 @@ class BatchStats:
     tokens: int = 0
     unk_tokens: int = 0
 
-    def add(self, other: "BatchStats", sign: int = 1) -> None:
+    def add(self, other: BatchStats, sign: int = 1) -> None:
         self.rows += sign * other.rows
         for label, count in other.label_counts.items():
             self.label_counts[label] = self.label_counts.get(label, 0) + sign * count
             if self.label_counts[label] == 0:
                 del self.label_counts[label]
-        self.length_hist = [a + sign * b for a, b in zip(self.length_hist, other.length_hist)]
+        self.length_hist = [a + sign * b for a, b in zip(self.length_hist, other.length_hist, strict=True)]
         self.tokens += sign * other.tokens
         self.unk_tokens += sign * other.unk_tokens
 

@@ -13,14 +13,15 @@ import re
 import tempfile
 import unicodedata
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
 
 from tasks.config import KaizenConfig, SplitConfig
+from tasks.errors import KaizenError, StorageError
+from tasks.versioning import check_remote
 from tasks.workspace import Workspace
-from tasks.errors import KaizenError
 
 REQUIRED_COLUMNS = ("text", "label")
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
@@ -42,8 +43,37 @@ class BatchInfo:
     source: str
 
 
-def read_table(path: Path | str) -> pd.DataFrame:
-    """Read CSV, Parquet or JSON Lines; every failure is an IngestError naming the file."""
+# validation.max_file_bytes when the caller has no config (`kaizen validate` reads through
+# tasks.validate.validate_file, which does not pass one yet).
+DEFAULT_MAX_FILE_BYTES: int = KaizenConfig.model_fields["validation"].default.max_file_bytes
+
+
+def _human_bytes(size: int) -> str:
+    if size < 1024:
+        return f"{size} bytes"
+    value = float(size)
+    for unit in ("KiB", "MiB"):
+        value /= 1024
+        if value < 1024:
+            return f"{value:.1f} {unit}"
+    return f"{value / 1024:.1f} GiB"
+
+
+def check_file_size(path: Path, size: int, max_bytes: int) -> None:
+    """Refuse, from its size alone, a file too large to load: reading it would exhaust memory
+    long before validation could say anything useful about it."""
+    if size > max_bytes:
+        raise IngestError(
+            f"{path}: file is {_human_bytes(size)} ({size} bytes), larger than validation.max_file_bytes = "
+            f"{_human_bytes(max_bytes)} ({max_bytes} bytes); refused without reading it"
+        )
+
+
+def read_table(path: Path | str, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> pd.DataFrame:
+    """Read CSV, Parquet or JSON Lines; every failure is an IngestError naming the file.
+
+    A file over `max_bytes` is refused from its size before a byte of it is read.
+    """
     path = Path(path)
     if not path.exists():
         raise IngestError(f"{path}: no such file")
@@ -53,15 +83,18 @@ def read_table(path: Path | str) -> pd.DataFrame:
     if kind is None:
         known = ", ".join(sorted(FORMATS))
         raise IngestError(f"{path}: unknown format {path.suffix or '(no extension)'!r}; expected one of {known}")
-    if path.stat().st_size == 0:
+    size = path.stat().st_size
+    if size == 0:
         raise IngestError(f"{path}: file is empty")
+    check_file_size(path, size, max_bytes)
     try:
         if kind == "csv":
             # keep_default_na=False: the literal text "NA" or "null" is a valid sentence.
             # Undecodable bytes become U+FFFD, which validation counts as encoding debris
             # instead of refusing the whole file on the first bad byte.
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8",
-                                encoding_errors="replace")
+            frame = pd.read_csv(
+                path, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8", encoding_errors="replace"
+            )
         elif kind == "parquet":
             frame = pd.read_parquet(path)
         else:
@@ -126,15 +159,13 @@ def content_hash(batch: pd.DataFrame) -> str:
 
 
 def make_batch_id(sha256: str, now: datetime | None = None) -> str:
-    stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%S")
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%S")
     return f"b{stamp}-{sha256[:8]}"
 
 
 def check_batch_id(batch_id: str) -> None:
     if not BATCH_ID.match(batch_id):
-        raise IngestError(
-            f"batch id {batch_id!r} is not allowed: use letters, digits, '.', '_' or '-' (max 100)"
-        )
+        raise IngestError(f"batch id {batch_id!r} is not allowed: use letters, digits, '.', '_' or '-' (max 100)")
 
 
 def read_manifest(ws: Workspace) -> list[dict]:
@@ -164,6 +195,10 @@ def write_atomic(path: Path, write) -> None:
     try:
         write(tmp)
         os.replace(tmp, path)
+    except StorageError:
+        raise
+    except OSError as exc:  # a full disk: one line naming the file, no traceback
+        raise StorageError(path, exc) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -180,7 +215,7 @@ def write_batch(ws: Workspace, batch_id: str, batch: pd.DataFrame, sha256: str, 
         "sha256": sha256,
         "rows": int(len(batch)),
         "source": source,
-        "ingested_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "ingested_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     manifest = read_manifest(ws) + [entry]
     write_atomic(ws.manifest, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=1)))
@@ -225,15 +260,20 @@ def check_input(
 ) -> tuple[pd.DataFrame, str, str, list[str]]:
     """Everything about a file that can be refused before any work starts; writes nothing.
 
+    That includes the data remote the batch will be pushed to (`check_remote`).
+
     Returns the prepared batch, its content hash, its batch id and the file's extra columns.
     """
     if batch_id is not None:
         check_batch_id(batch_id)
-    raw = read_table(file)
+    raw = read_table(file, config.validation.max_file_bytes)
     batch = prepare_batch(raw, config, str(file))
     sha = content_hash(batch)
     batch_id = batch_id or make_batch_id(sha)
     check_new_batch(ws, batch_id, sha)
+    # Last, so a bad file is refused without a network call; still before anything is written,
+    # so a misconfigured remote never leaves a staged or half-versioned batch behind.
+    check_remote(ws, config.data.remote)
     return batch, sha, batch_id, extra_columns(raw, config)
 
 
@@ -269,18 +309,17 @@ def accept_batch(ws: Workspace, staged: StagedBatch, commit) -> tuple[BatchInfo,
     return info, version
 
 
-def withdraw_batch(ws: Workspace, batch_id: str, quarantine_root: Path, reason: str, report_json: str) -> Path:
+def withdraw_batch(ws: Workspace, batch_id: str, reason: str, report_json: str) -> Path:
     """Move an ingested batch out of data/ into quarantine (e.g. after the gate rejected it).
 
     The data version that held it stays in the DVC remote, so the rejected model's lineage can
     still be restored; the batch itself can be re-submitted after review.
     """
-    source = ws.batch_path(batch_id)
-    target = quarantine_root / batch_id
-    target.mkdir(parents=True, exist_ok=True)
+    from tasks import quarantine
+
     entry = next((e for e in read_manifest(ws) if e["batch_id"] == batch_id), {})
-    os.replace(source, target / "batch.parquet")
-    (target / "report.json").write_text(report_json)
-    (target / "source.txt").write_text(f"{entry.get('source', '?')}\nwithdrawn: {reason}\n")
+    target = quarantine.put_file(
+        ws, batch_id, ws.batch_path(batch_id), report_json, f"{entry.get('source', '?')}\nwithdrawn: {reason}"
+    )
     remove_batch(ws, batch_id)
     return target

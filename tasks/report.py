@@ -62,6 +62,7 @@ def batch_profile(path: Path, labels: list[str]) -> dict:
 
 def collect_report(client, ws, config) -> dict:
     """Everything the dashboard shows, read from the registry, the runs and data/."""
+    from tasks import quarantine
     from tasks.ingest import read_manifest
     from tasks.registry import CHAMPION, get_alias, list_versions, read_ledger
 
@@ -70,21 +71,32 @@ def collect_report(client, ws, config) -> dict:
     versions = []
     for ref in list_versions(client, name):
         mv = client.get_model_version(name, ref.version)
-        versions.append({
-            "version": ref.version,
-            "created": int(mv.creation_timestamp or 0),
-            "tags": ref.tags,
-            "evaluation": _download_json(client, ref.run_id, "evaluation.json"),
-            "gate": _download_json(client, ref.run_id, "gate.json"),
-        })
+        versions.append(
+            {
+                "version": ref.version,
+                "created": int(mv.creation_timestamp or 0),
+                "tags": ref.tags,
+                "evaluation": _download_json(client, ref.run_id, "evaluation.json"),
+                "gate": _download_json(client, ref.run_id, "gate.json"),
+            }
+        )
     batches = []
     for entry in read_manifest(ws):
-        batches.append({"batch_id": entry["batch_id"], "status": "in data",
-                        **batch_profile(ws.batch_path(entry["batch_id"]), config.labels)})
-    if ws.quarantine.exists():
-        for folder in sorted(p for p in ws.quarantine.iterdir() if (p / "batch.parquet").exists()):
-            batches.append({"batch_id": folder.name, "status": "quarantined",
-                            **batch_profile(folder / "batch.parquet", config.labels)})
+        batches.append(
+            {
+                "batch_id": entry["batch_id"],
+                "status": "in data",
+                **batch_profile(ws.batch_path(entry["batch_id"]), config.labels),
+            }
+        )
+    for batch_id in quarantine.quarantined_ids(ws):
+        batches.append(
+            {
+                "batch_id": batch_id,
+                "status": "quarantined",
+                **batch_profile(quarantine.batch_file(ws, batch_id), config.labels),
+            }
+        )
     return {
         "model": name,
         "champion": champion.version if champion else None,
@@ -149,7 +161,7 @@ def _plot_drift(data: dict, out: Path) -> str:
     for label in data["labels"]:
         share = [b["label_share"][label] for b in data["batches"]]
         left.bar(names, share, bottom=bottom, label=label)
-        bottom = [a + b for a, b in zip(bottom, share)]
+        bottom = [a + b for a, b in zip(bottom, share, strict=True)]
     left.set_title("label share per batch")
     left.legend(fontsize=7)
     right.bar(names, [b["mean_chars"] for b in data["batches"]])
@@ -159,32 +171,51 @@ def _plot_drift(data: dict, out: Path) -> str:
     return _save_figure(fig, out, "drift.png")
 
 
+def _version_row(v: dict, champion: str | None) -> str:
+    from tasks.lineage import Lineage
+
+    e, lineage = html.escape, Lineage.from_tags(v["tags"])
+    return (
+        f"<tr><td>v{e(v['version'])}{' (champion)' if v['version'] == champion else ''}</td>"
+        f"<td>{e(', '.join(lineage.new_batches))}</td><td>{e(lineage.gate_verdict or '-')}</td>"
+        f"<td>{_num(_metric(v, 'new', 'challenger'))}</td><td>{_num(_metric(v, 'new', 'champion'))}</td>"
+        f"<td>{_num(_metric(v, 'regression', 'challenger'))}</td><td>{_num(_metric(v, 'regression', 'champion'))}</td>"
+        f"<td>{_num(_metric(v, 'new', 'challenger', 'macro_f1'))}</td><td>{_num(_metric(v, 'new', 'challenger', 'ece'))}</td>"
+        f"<td><code>{e(lineage.data_md5)}</code></td></tr>"
+    )
+
+
+def _rule_item(r: dict) -> str:
+    """One gate rule: value against threshold, its outcome (pass / FAIL / underpowered / not
+    judged), and the power behind it: the interval's half-width and the smallest effect the set
+    can resolve."""
+    e = html.escape
+    outcome = r.get("outcome") or ("pass" if r["passed"] else "fail")
+    css = {"pass": "ok", "not judged": "ok", "underpowered": "warn"}.get(outcome, "bad")
+    power = ""
+    if r.get("half_width") is not None:
+        power = f" &plusmn;{r['half_width']:.4f}, resolves {_num(r.get('resolvable'))}"
+    return (
+        f"<li class='{css}'><b>{e(outcome)}</b> {e(r['name'])}: {_num(r['value'])} "
+        f"{e(r['op'])} {r['threshold']:g}{power} {e(r.get('note') or '')}</li>"
+    )
+
+
 def write_report(data: dict, out: Path) -> Path:
     """A static dashboard: index.html, pictures beside it, data.json; no server needed."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "data.json").write_text(json.dumps(data, indent=1, default=str))
-    pictures = [_plot_metrics(data, out), _plot_timeline(data, out) if data["ledger"] else None,
-                _plot_drift(data, out) if data["batches"] else None]
+    pictures = [
+        _plot_metrics(data, out),
+        _plot_timeline(data, out) if data["ledger"] else None,
+        _plot_drift(data, out) if data["batches"] else None,
+    ]
     e = html.escape
-    rows = []
-    for v in data["versions"]:
-        t = v["tags"]
-        rows.append(
-            f"<tr><td>v{e(v['version'])}{' (champion)' if v['version'] == data['champion'] else ''}</td>"
-            f"<td>{e(t.get('kaizen.new_batches', ''))}</td><td>{e(t.get('kaizen.gate_verdict', '-'))}</td>"
-            f"<td>{_num(_metric(v, 'new', 'challenger'))}</td><td>{_num(_metric(v, 'new', 'champion'))}</td>"
-            f"<td>{_num(_metric(v, 'regression', 'challenger'))}</td><td>{_num(_metric(v, 'regression', 'champion'))}</td>"
-            f"<td>{_num(_metric(v, 'new', 'challenger', 'macro_f1'))}</td><td>{_num(_metric(v, 'new', 'challenger', 'ece'))}</td>"
-            f"<td><code>{e(t.get('kaizen.data_md5', ''))}</code></td></tr>"
-        )
+    rows = [_version_row(v, data["champion"]) for v in data["versions"]]
     gates = []
     for v in data["versions"]:
         gate = v.get("gate") or {}
-        items = "".join(
-            f"<li class='{'ok' if r['passed'] else 'bad'}'>{e(r['name'])}: {_num(r['value'])} "
-            f"{e(r['op'])} {r['threshold']:g} {e(r.get('note') or '')}</li>"
-            for r in gate.get("rules", [])
-        )
+        items = "".join(_rule_item(r) for r in gate.get("rules", []))
         gates.append(f"<h3>v{e(v['version'])}: {e(gate.get('verdict', 'no gate report'))}</h3><ul>{items}</ul>")
     ledger = "".join(
         f"<tr><td>{m['seq']}</td><td>{e(m['when'])}</td><td>{e(m['action'])}</td><td>v{e(str(m['from_version'] or '-'))}</td>"
@@ -199,16 +230,16 @@ def write_report(data: dict, out: Path) -> Path:
     )
     label_heads = "".join(f"<th>share {e(label)}</th>" for label in data["labels"])
     images = "".join(f"<img src='{p}' alt='{p}'>" for p in pictures if p)
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>kaizen: {e(data['model'])}</title>
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>kaizen: {e(data["model"])}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse;margin:1em 0}}
-td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}.ok{{color:#176}}.bad{{color:#b21;font-weight:bold}}
+td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}.ok{{color:#176}}.bad{{color:#b21;font-weight:bold}}.warn{{color:#a60}}
 img{{max-width:100%;margin:.5em 0;display:block}}</style></head><body>
-<h1>kaizen: {e(data['model'])}</h1><p>Champion: <b>v{e(str(data['champion'] or '-'))}</b></p>
+<h1>kaizen: {e(data["model"])}</h1><p>Champion: <b>v{e(str(data["champion"] or "-"))}</b></p>
 {images}
 <h2>Champion timeline</h2><table><tr><th>#</th><th>when</th><th>action</th><th>from</th><th>to</th><th>who</th><th>why</th></tr>{ledger}</table>
 <h2>Versions</h2><table><tr><th>version</th><th>new batches</th><th>gate</th><th>new acc</th><th>champion new acc</th>
-<th>regression acc</th><th>champion regression acc</th><th>new macro-F1</th><th>new ECE</th><th>data md5</th></tr>{''.join(rows)}</table>
-<h2>Gate decisions</h2>{''.join(gates)}
+<th>regression acc</th><th>champion regression acc</th><th>new macro-F1</th><th>new ECE</th><th>data md5</th></tr>{"".join(rows)}</table>
+<h2>Gate decisions</h2>{"".join(gates)}
 <h2>Drift per batch</h2><table><tr><th>batch</th><th>status</th><th>rows</th>{label_heads}<th>mean chars</th><th>p95 chars</th></tr>{drift}</table>
 </body></html>"""
     (out / "index.html").write_text(page)

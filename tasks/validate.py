@@ -14,7 +14,7 @@ import logging
 import os
 import re
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -78,7 +78,9 @@ def add_helper_columns(batch: pd.DataFrame, test_keys: np.ndarray | None = None)
     frame["_duplicate"] = norm.notna() & norm.duplicated(keep="first")
     if "label" in frame:
         labels_per_text = (
-            pd.DataFrame({"norm": norm, "label": frame["label"]}).groupby("norm", dropna=True)["label"].transform("nunique")
+            pd.DataFrame({"norm": norm, "label": frame["label"]})
+            .groupby("norm", dropna=True)["label"]
+            .transform("nunique")
         )
         frame["_labels_per_text"] = labels_per_text.fillna(1).astype(int)
         shares = frame["label"].map(frame["label"].value_counts(normalize=True))
@@ -87,7 +89,9 @@ def add_helper_columns(batch: pd.DataFrame, test_keys: np.ndarray | None = None)
     if len(keys) and "split" in frame:
         # keys are kept sorted: a binary search per row, so the cost grows with the batch only
         # logarithmically with history.
-        row_keys = np.fromiter((leak_key(t) if isinstance(t, str) else -1 for t in text), dtype=np.int64, count=len(text))
+        row_keys = np.fromiter(
+            (leak_key(t) if isinstance(t, str) else -1 for t in text), dtype=np.int64, count=len(text)
+        )
         found = keys[np.minimum(np.searchsorted(keys, row_keys), len(keys) - 1)] == row_keys
         frame["_leaks_test"] = pd.Series(found, index=frame.index) & (frame["split"] != "test")
     else:
@@ -104,35 +108,53 @@ def build_expectations(config: KaizenConfig, columns: list[str]) -> list[tuple[s
     named = []
     if not v.allow_extra_columns:
         allowed = ["text", "label", "split"] + [c for c in config.data.slice_columns if c in columns]
-        named.append(("no unexpected columns", e.ExpectTableColumnsToMatchSet(column_set=allowed + HELPERS,
-                                                                              exact_match=True)))
+        named.append(
+            ("no unexpected columns", e.ExpectTableColumnsToMatchSet(column_set=allowed + HELPERS, exact_match=True))
+        )
     named += [
         ("text column present", e.ExpectColumnToExist(column="text")),
         ("label column present", e.ExpectColumnToExist(column="label")),
         (f"at least {v.min_rows} rows", e.ExpectTableRowCountToBeBetween(min_value=v.min_rows)),
         ("text not null", e.ExpectColumnValuesToNotBeNull(column="text")),
         ("text not empty after stripping", e.ExpectColumnValueLengthsToBeBetween(column="_text_stripped", min_value=1)),
-        (f"text at most {v.max_text_chars} characters",
-         e.ExpectColumnValueLengthsToBeBetween(column="text", max_value=v.max_text_chars)),
+        (
+            f"text at most {v.max_text_chars} characters",
+            e.ExpectColumnValueLengthsToBeBetween(column="text", max_value=v.max_text_chars),
+        ),
         ("label not null", e.ExpectColumnValuesToNotBeNull(column="label")),
         ("no text with two labels", e.ExpectColumnValuesToBeBetween(column="_labels_per_text", max_value=1)),
-        (f"encoding debris in at most {v.max_encoding_debris_rate:.0%} of rows",
-         e.ExpectColumnValuesToBeInSet(column="_encoding_debris", value_set=[False], mostly=1 - v.max_encoding_debris_rate)),
-        (f"duplicates at most {v.max_duplicate_rate:.0%} of rows",
-         e.ExpectColumnValuesToBeInSet(column="_duplicate", value_set=[False], mostly=1 - v.max_duplicate_rate)),
-        (f"every class at least {v.min_class_share:.0%} of rows",
-         e.ExpectColumnMinToBeBetween(column="_label_share", min_value=v.min_class_share)),
-        ("no text already in an earlier test split", e.ExpectColumnValuesToBeInSet(column="_leaks_test", value_set=[False])),
+        (
+            f"encoding debris in at most {v.max_encoding_debris_rate:.0%} of rows",
+            e.ExpectColumnValuesToBeInSet(
+                column="_encoding_debris", value_set=[False], mostly=1 - v.max_encoding_debris_rate
+            ),
+        ),
+        (
+            f"duplicates at most {v.max_duplicate_rate:.0%} of rows",
+            e.ExpectColumnValuesToBeInSet(column="_duplicate", value_set=[False], mostly=1 - v.max_duplicate_rate),
+        ),
+        (
+            f"every class at least {v.min_class_share:.0%} of rows",
+            e.ExpectColumnMinToBeBetween(column="_label_share", min_value=v.min_class_share),
+        ),
+        (
+            "no text already in an earlier test split",
+            e.ExpectColumnValuesToBeInSet(column="_leaks_test", value_set=[False]),
+        ),
     ]
     if not v.allow_label_growth:
-        named.append(("label in declared label set",
-                      e.ExpectColumnValuesToBeInSet(column="label", value_set=list(config.labels))))
+        named.append(
+            (
+                "label in declared label set",
+                e.ExpectColumnValuesToBeInSet(column="label", value_set=list(config.labels)),
+            )
+        )
     return named
 
 
 def _detail(result: dict) -> str:
     res = result.get("result") or {}
-    exc = (result.get("exception_info") or {})
+    exc = result.get("exception_info") or {}
     if exc.get("raised_exception"):
         message = str(exc.get("exception_message") or "").splitlines()
         return f"could not be evaluated: {message[0] if message else 'error'}"
@@ -154,7 +176,9 @@ def _detail(result: dict) -> str:
 def _quiet_gx() -> None:
     # GX logs every expectation that cannot be evaluated at ERROR level (we report those
     # ourselves) and chats at INFO; some of its modules set their own levels.
-    for name in [n for n in logging.root.manager.loggerDict if n.startswith("great_expectations")] + ["great_expectations"]:
+    for name in [n for n in logging.root.manager.loggerDict if n.startswith("great_expectations")] + [
+        "great_expectations"
+    ]:
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
@@ -178,26 +202,33 @@ def run_suite(frame: pd.DataFrame, named: list[tuple[str, object]], docs_dir: Pa
     )
     actions = []
     if docs_dir is not None:
-        context.add_data_docs_site(site_name="kaizen", site_config={
-            "class_name": "SiteBuilder",
-            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
-            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-        })
+        context.add_data_docs_site(
+            site_name="kaizen",
+            site_config={
+                "class_name": "SiteBuilder",
+                "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            },
+        )
         actions.append(gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=["kaizen"]))
-    checkpoint = context.checkpoints.add(gx.Checkpoint(name="kaizen", validation_definitions=[validation], actions=actions))
+    checkpoint = context.checkpoints.add(
+        gx.Checkpoint(name="kaizen", validation_definitions=[validation], actions=actions)
+    )
     run = checkpoint.run(batch_parameters={"dataframe": frame})
     result = next(iter(run.run_results.values())).to_json_dict()
     outcomes = []
     # GX does not return results in suite order; match them by expectation id.
     for res in result["results"]:
         config_dict = res["expectation_config"]
-        outcomes.append(ExpectationOutcome(
-            name=names[config_dict["id"]],
-            expectation=config_dict["type"],
-            column=(config_dict.get("kwargs") or {}).get("column"),
-            success=bool(res["success"]),
-            detail="ok" if res["success"] else _detail(res),
-        ))
+        outcomes.append(
+            ExpectationOutcome(
+                name=names[config_dict["id"]],
+                expectation=config_dict["type"],
+                column=(config_dict.get("kwargs") or {}).get("column"),
+                success=bool(res["success"]),
+                detail="ok" if res["success"] else _detail(res),
+            )
+        )
     order = {name: i for i, name in enumerate(names.values())}
     return [_with_examples(o, frame) for o in sorted(outcomes, key=lambda o: order[o.name])]
 
@@ -217,7 +248,9 @@ def _with_examples(outcome: ExpectationOutcome, frame: pd.DataFrame) -> Expectat
     if column == "_label_share":
         texts = [repr(str(v)) for v in frame.loc[bad, "label"].unique()[:3]]
     detail = outcome.detail.split(", e.g.")[0] + ", e.g. " + ", ".join(texts)
-    return ExpectationOutcome(outcome.name, outcome.expectation, outcome.column, outcome.success, detail, outcome.warning)
+    return ExpectationOutcome(
+        outcome.name, outcome.expectation, outcome.column, outcome.success, detail, outcome.warning
+    )
 
 
 def drift_outcomes(batch: pd.DataFrame, config: KaizenConfig, history, tokenizer) -> list[ExpectationOutcome]:
@@ -230,8 +263,16 @@ def drift_outcomes(batch: pd.DataFrame, config: KaizenConfig, history, tokenizer
     for d in check_drift(batch_stats(batch, tokenizer), history.stats, config.validation.drift):
         detail = f"{d.statistic} = {d.value:.3f} (threshold {d.threshold:g}, {d.severity})"
         fails = d.drifted and d.severity == "fail"
-        outcomes.append(ExpectationOutcome(f"drift: {d.name}", "kaizen_drift", None, not fails,
-                                           detail if d.drifted else f"ok: {detail}", d.drifted and not fails))
+        outcomes.append(
+            ExpectationOutcome(
+                f"drift: {d.name}",
+                "kaizen_drift",
+                None,
+                not fails,
+                detail if d.drifted else f"ok: {detail}",
+                d.drifted and not fails,
+            )
+        )
     return outcomes
 
 
@@ -262,19 +303,9 @@ def validate_batch(
         success=all(o.success for o in outcomes),
         rows=int(len(batch)),
         outcomes=outcomes,
-        checked_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        checked_at=datetime.now(UTC).isoformat(timespec="seconds"),
         data_docs=str(docs_dir / "index.html") if docs_dir is not None else "",
     )
-
-
-def quarantine_batch(root: Path, batch_id: str, batch: pd.DataFrame, report: ValidationReport, source: str) -> Path:
-    """Keep a rejected batch with its report; it never reaches data/ or training."""
-    target = root / batch_id
-    target.mkdir(parents=True, exist_ok=True)
-    batch.to_parquet(target / "batch.parquet", index=False)
-    (target / "report.json").write_text(report.to_json())
-    (target / "source.txt").write_text(source + "\n")
-    return target
 
 
 def validate_staged(ws, staged, config: KaizenConfig, tokenizer) -> ValidationReport:
@@ -285,12 +316,41 @@ def validate_staged(ws, staged, config: KaizenConfig, tokenizer) -> ValidationRe
     from tasks.history import load_history
 
     history, keys = load_history(ws, tokenizer)
-    return validate_batch(pd.read_parquet(staged.path), config, staged.extra_columns, history, keys, tokenizer,
-                          docs_dir=ws.reports / "data-docs" / staged.batch_id)
+    return validate_batch(
+        pd.read_parquet(staged.path),
+        config,
+        staged.extra_columns,
+        history,
+        keys,
+        tokenizer,
+        docs_dir=ws.reports / "data-docs" / staged.batch_id,
+    )
 
 
-def quarantine_staged(root: Path, staged, report: ValidationReport) -> Path:
+def quarantine_staged(ws, staged, report: ValidationReport) -> Path:
     """Move a staged batch that failed validation into quarantine, with its report."""
-    target = quarantine_batch(root, staged.batch_id, pd.read_parquet(staged.path), report, staged.source)
+    from tasks import quarantine
+
+    target = quarantine.put_rows(ws, staged.batch_id, pd.read_parquet(staged.path), report.to_json(), staged.source)
     Path(staged.path).unlink(missing_ok=True)
     return target
+
+
+def save_report(ws, batch_id: str, report: ValidationReport) -> Path:
+    """`.kaizen/reports/validation-<batch>.json`: the report a data team reads first."""
+    ws.reports.mkdir(parents=True, exist_ok=True)
+    path = ws.reports / f"validation-{batch_id}.json"
+    path.write_text(report.to_json())
+    return path
+
+
+def validate_file(ws, config: KaizenConfig, file: Path | str, tokenizer) -> ValidationReport:
+    """`kaizen validate`: the ingest suite on a file (drift and leakage against this workspace),
+    writing nothing. Raises IngestError for a file that could not even be staged."""
+    from tasks.history import load_history
+    from tasks.ingest import extra_columns, prepare_batch, read_table
+
+    raw = read_table(file, config.validation.max_file_bytes)
+    batch = prepare_batch(raw, config, str(file))
+    history, keys = load_history(ws, tokenizer) if ws.manifest.exists() else (None, None)
+    return validate_batch(batch, config, extra_columns(raw, config), history, keys, tokenizer)

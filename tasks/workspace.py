@@ -7,9 +7,14 @@ quarantine, run scratch space.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+# A cycle on a big batch can run for hours; a second command waits for it rather than fail.
+WAIT_SECONDS = 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -17,7 +22,7 @@ class Workspace:
     root: Path
 
     @classmethod
-    def at(cls, root: Path | str | None = None) -> "Workspace":
+    def at(cls, root: Path | str | None = None) -> Workspace:
         chosen = root if root is not None else os.environ.get("KAIZEN_WORKSPACE", ".")
         return cls(Path(chosen).resolve())
 
@@ -74,8 +79,45 @@ class Workspace:
         return self.state / "promote.lock"
 
     @property
+    def command_lock(self) -> Path:
+        return self.state / "workspace.lock"
+
+    @property
     def last_run(self) -> Path:
         return self.state / "last_run.json"
 
     def batch_path(self, batch_id: str) -> Path:
         return self.batches / f"{batch_id}.parquet"
+
+
+@contextlib.contextmanager
+def exclusive(
+    ws: Workspace, command: str, on_wait: Callable[[str], None], timeout: float = WAIT_SECONDS
+) -> Iterator[None]:
+    """One writing command per workspace at a time; a second one waits its turn.
+
+    Two commands started together in one workspace otherwise collide in three places that
+    each assume a single writer: Prefect's SQLite home (its migrations), DVC's repo lock and
+    the manifest. Waiting is what a user expects of `kaizen ingest a & kaizen ingest b`.
+    """
+    from filelock import FileLock, Timeout
+
+    from tasks.errors import KaizenError
+
+    ws.state.mkdir(parents=True, exist_ok=True)
+    lock, owner = FileLock(str(ws.command_lock)), ws.state / "workspace.lock.owner"
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        holder = owner.read_text().strip() if owner.exists() else "another kaizen command"
+        on_wait(f"kaizen: waiting for {holder} to finish in {ws.root}")
+        try:
+            lock.acquire(timeout=timeout)
+        except Timeout:
+            raise KaizenError(f"{holder} still holds {ws.root} after {timeout:.0f}s; nothing was done") from None
+    try:
+        owner.write_text(f"`kaizen {command}` (pid {os.getpid()})\n")
+        yield
+    finally:
+        owner.unlink(missing_ok=True)
+        lock.release()

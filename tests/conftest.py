@@ -8,22 +8,15 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tasks.runtime import OFFLINE_AND_QUIET
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "datasets"
 
-# Before anything imports transformers, prefect or GX.
-os.environ.update(
-    {
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "GX_ANALYTICS_ENABLED": "false",
-        "DO_NOT_TRACK": "1",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-        "KAIZEN_USER": "pytest",
-    }
-)
+# Before anything imports transformers, prefect or GX: the same offline, quiet defaults as
+# every entry point (tasks/runtime.py), forced here so a developer's shell cannot turn a test
+# into a hub download.
+os.environ.update({**OFFLINE_AND_QUIET, "KAIZEN_USER": "pytest"})
 
 # A tiny 2-layer random encoder learns the template corpus in seconds at a high rate.
 TINY_CONFIG = {
@@ -80,6 +73,16 @@ def demo_files(tmp_path_factory) -> dict[str, Path]:
 
     target = tmp_path_factory.mktemp("demo-input")
     return {batch_id: path for batch_id, path, _ in write_demo_batches(target, rows=400)}
+
+
+@pytest.fixture(scope="session")
+def e2e_cycle(prefect_harness, demo_files, tmp_path_factory):
+    """The continual cycle end to end, once per session: bootstrap, promotion, quarantine, gate
+    rejection, rollback and the CLI views (see tests/flows/e2e.py); what each step left behind,
+    recorded at that moment, for the tests in tests/flows and tests/model."""
+    from tests.flows.e2e import run_story
+
+    return run_story(make_workspace(tmp_path_factory.mktemp("e2e") / "ws"), demo_files)
 
 
 def tree_snapshot(path: Path) -> dict[str, int]:

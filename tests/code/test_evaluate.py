@@ -1,6 +1,8 @@
 import numpy as np
+import pandas as pd
 import pytest
 
+from tasks.dataset import Examples
 from tasks.evaluate import expected_calibration_error, macro_f1, metrics, paired_bootstrap, per_class, slice_index
 
 
@@ -63,8 +65,101 @@ def test_slices_by_column_and_token_length():
 
     from tasks.dataset import Examples
 
-    ex = Examples([np.zeros(n) for n in (3, 20, 60, 5)], np.array([0, 1, 0, 1]),
-                  pd.DataFrame({"domain": ["a", "b", "a", None]}))
+    ex = Examples(
+        [np.zeros(n) for n in (3, 20, 60, 5)], np.array([0, 1, 0, 1]), pd.DataFrame({"domain": ["a", "b", "a", None]})
+    )
     slices = {k: v.tolist() for k, v in slice_index(ex, ["domain", "absent"], [16, 48]).items()}
-    assert slices == {"domain=(missing)": [3], "domain=a": [0, 2], "domain=b": [1],
-                      "length=1-16 tokens": [0, 3], "length=17-48 tokens": [1], "length=>48 tokens": [2]}
+    assert slices == {
+        "domain=(missing)": [3],
+        "domain=a": [0, 2],
+        "domain=b": [1],
+        "length=1-16 tokens": [0, 3],
+        "length=17-48 tokens": [1],
+        "length=>48 tokens": [2],
+    }
+
+
+def _two_models(rows: int = 200, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Labels, a challenger right on 90% of rows and a champion right on 75%, as probabilities."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, rows)
+    chal = np.where(rng.random(rows) < 0.9, y, 1 - y)
+    champ = np.where(rng.random(rows) < 0.75, y, 1 - y)
+    sure = rng.uniform(0.55, 0.95, (2, rows))
+    return y, *(
+        np.stack([np.where(p == 0, s, 1 - s), np.where(p == 1, s, 1 - s)], axis=1)
+        for p, s in ((chal, sure[0]), (champ, sure[1]))
+    )
+
+
+def _examples(y: np.ndarray) -> Examples:
+    return Examples([np.array([1])] * len(y), y, pd.DataFrame(index=range(len(y))))
+
+
+def test_proper_scores_and_their_right_wrong_gap():
+    from tasks.evaluate import example_losses
+
+    y = np.array([0, 1, 1])
+    proba = np.array([[0.8, 0.2], [0.4, 0.6], [0.7, 0.3]])
+    losses = example_losses(y, proba)
+    assert losses["log_loss"] == pytest.approx(-np.log([0.8, 0.6, 0.3]))
+    assert losses["brier"] == pytest.approx([0.08, 0.32, 0.98])
+    m = metrics(y, proba.argmax(axis=1), 2, proba)
+    assert m["log_loss"] == pytest.approx(-np.log([0.8, 0.6, 0.3]).mean())
+    # one wrong row (the third) against two right ones
+    assert m["log_loss_gap"] == pytest.approx(-np.log(0.3) + (np.log(0.8) + np.log(0.6)) / 2)
+    assert np.isnan(metrics(y[:2], proba[:2].argmax(axis=1), 2, proba[:2])["brier_gap"])  # no wrong row
+    # a probability of 0 for the true label costs a bounded, not an infinite, log-loss
+    assert np.isfinite(example_losses(np.array([1]), np.array([[1.0, 0.0]]))["log_loss"]).all()
+
+
+def test_paired_evidence_carries_the_score_deltas_and_round_trips():
+    from tasks.evaluate import Evaluation, evaluate_predictions
+
+    y, chal, champ = _two_models()
+    s = evaluate_predictions("new", _examples(y), chal, champ, ["neg", "pos"], 300, 1)
+    paired = s.paired
+    assert len(paired["correct_diff"]) == len(paired["log_loss_gain"]) == len(paired["brier_gain"]) == 200
+    assert set(paired["correct_diff"]) <= {-1, 0, 1}
+    assert np.mean(paired["correct_diff"]) == pytest.approx(s.delta["accuracy"])
+    for score in ("log_loss", "brier"):
+        # delta is challenger - champion (negative = challenger better); gains are champion - challenger
+        assert s.delta[score] == pytest.approx(s.challenger[score] - s.champion[score])
+        assert -np.mean(paired[f"{score}_gain"]) == pytest.approx(s.delta[score], abs=1e-6)
+        assert s.ci_low[score] <= s.delta[score] <= s.ci_high[score] < 0  # clearly better
+    evaluation = Evaluation([s], ["neg", "pos"], resamples=300)
+    text = evaluation.to_json()
+    assert Evaluation.from_json(text) == evaluation
+    assert '"correct_diff": [' in text and text.count("\n") < 200  # one line per list, not per row
+
+
+def test_score_intervals_resample_the_same_rows_as_accuracy():
+    from tasks.evaluate import bootstrap_mean, paired_evidence
+
+    y, chal, champ = _two_models(150, seed=4)
+    diff = np.asarray(paired_evidence(y, chal, champ)["correct_diff"], dtype=float)
+    boot = paired_bootstrap(y, chal.argmax(axis=1), champ.argmax(axis=1), 2, resamples=400, seed=8)
+    assert bootstrap_mean(diff, 400, 8) == pytest.approx(boot["accuracy"])
+
+
+def test_pooling_concatenates_disjoint_fresh_evidence():
+    from tasks.evaluate import SetEvaluation, evaluate_predictions, pool_sets
+
+    parts = []
+    for seed, rows in ((1, 120), (2, 80)):
+        y, chal, champ = _two_models(rows, seed)
+        parts.append(evaluate_predictions("new", _examples(y), chal, champ, ["neg", "pos"], 200, 0))
+    pooled = pool_sets(parts, resamples=200)
+    assert (pooled.rows, pooled.looks) == (200, 2)
+    assert pooled.paired["correct_diff"] == parts[0].paired["correct_diff"] + parts[1].paired["correct_diff"]
+    exact = (120 * parts[0].challenger["accuracy"] + 80 * parts[1].challenger["accuracy"]) / 200
+    assert pooled.challenger["accuracy"] == pytest.approx(exact)
+    assert pooled.delta["accuracy"] == pytest.approx(np.mean(pooled.paired["correct_diff"]))
+    assert pooled.ci_low["log_loss"] <= pooled.delta["log_loss"] <= pooled.ci_high["log_loss"]
+    assert (
+        pooled.confusion["challenger"]
+        == (np.array(parts[0].confusion["challenger"]) + parts[1].confusion["challenger"]).tolist()
+    )
+    no_evidence = SetEvaluation("new", "set", 10, {"accuracy": 0.9}, {"accuracy": 0.8})
+    with pytest.raises(ValueError, match="paired evidence"):
+        pool_sets([parts[0], no_evidence])

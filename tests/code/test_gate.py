@@ -1,16 +1,15 @@
 import math
 
 import numpy as np
+import pytest
 
-from tasks.config import GateConfig
 from tasks.dataset import Examples
 from tasks.evaluate import Evaluation, SetEvaluation, evaluate_predictions
-from tasks.gate import decide
+from tasks.gate import GatePolicy, decide
+from tests.code.gate_common import LABELS, LATENCY, POLICY
 
-LABELS = ["negative", "positive"]
-POLICY = GateConfig(min_accuracy_new=0.7, min_macro_f1_new=0.6, noninferiority_margin=0.02, min_improvement_new=0.0,
-                    min_eval_rows=10, min_slice_rows=30, max_ece=0.3, max_latency_ratio=1.5)
-LATENCY = {"challenger": {"p50": 1.0, "p95": 1.2}, "champion": {"p50": 1.0, "p95": 1.1}}
+# The rules these tests were written for; tests/code/test_gate_policy.py covers the default.
+LEGACY = GatePolicy(name="legacy")
 
 
 def _proba(pred: np.ndarray, confidence: float = 0.9) -> np.ndarray:
@@ -48,12 +47,13 @@ def test_bootstrap_rule_for_first_model():
     assert "new accuracy (bootstrap)" in decision.reasons[0]
 
 
-def test_clear_improvement_without_regression_passes():
+@pytest.mark.parametrize("name", ["legacy", "evidence", "no-harm"])
+def test_clear_improvement_without_regression_passes(name):
     rng = np.random.default_rng(0)
     y_new, y_old = rng.integers(0, 2, 300), rng.integers(0, 2, 300)
     new = _evaluate("new", y_new, _flip(y_new, np.arange(15)), _flip(y_new, np.arange(90)))
     old = _evaluate("regression", y_old, _flip(y_old, np.arange(10)), _flip(y_old, np.arange(10)))
-    decision = decide(Evaluation([new, old], LABELS, LATENCY), POLICY, has_champion=True)
+    decision = decide(Evaluation([new, old], LABELS, LATENCY), POLICY, True, GatePolicy(name=name))
     assert decision.passed, decision.reasons
 
 
@@ -64,7 +64,7 @@ def test_better_by_less_than_the_noise_is_not_promoted():
     new = _evaluate("new", y_new, _flip(y_new, np.arange(20)), _flip(y_new, np.arange(10, 32)))
     old = _evaluate("regression", y_old, y_old, y_old)
     assert new.delta["accuracy"] > 0 and new.ci_low["accuracy"] < 0
-    decision = decide(Evaluation([new, old], LABELS, LATENCY), POLICY, has_champion=True)
+    decision = decide(Evaluation([new, old], LABELS, LATENCY), POLICY, True, LEGACY)
     assert not decision.passed
     assert [r.split(" = ")[0] for r in decision.reasons] == ["new accuracy delta CI low (improvement)"]
 
@@ -77,40 +77,77 @@ def test_worse_on_one_slice_only_is_rejected_naming_the_slice():
     slice_rows = np.arange(60)  # ...but the challenger forgot 18 of the 60 rows of one domain.
     old_chal, old_champ = _flip(y_old, slice_rows[:18]), y_old
     old = _evaluate("regression", y_old, old_chal, old_champ)
-    bad_slice = _evaluate("regression/domain=legal", y_old[slice_rows], old_chal[slice_rows], old_champ[slice_rows], "slice")
+    bad_slice = _evaluate(
+        "regression/domain=legal", y_old[slice_rows], old_chal[slice_rows], old_champ[slice_rows], "slice"
+    )
     good_slice = _evaluate("regression/domain=news", y_old[60:], old_chal[60:], old_champ[60:], "slice")
     tiny_slice = _evaluate("regression/domain=rare", y_old[:5], _flip(y_old[:5], np.arange(5)), y_old[:5], "slice")
     policy = POLICY.model_copy(update={"noninferiority_margin": 0.05})
-    decision = decide(Evaluation([new, old, bad_slice, good_slice, tiny_slice], LABELS, LATENCY), policy, True)
+    decision = decide(Evaluation([new, old, bad_slice, good_slice, tiny_slice], LABELS, LATENCY), policy, True, LEGACY)
     assert not decision.passed
-    assert len(decision.reasons) == 1 and decision.reasons[0].startswith("regression/domain=legal accuracy delta CI low")
+    assert len(decision.reasons) == 1 and decision.reasons[0].startswith(
+        "regression/domain=legal accuracy delta CI low"
+    )
     rare = next(r for r in decision.rules if r.name.startswith("regression/domain=rare"))
     assert rare.op == "n/a" and "5 rows < min_slice_rows" in rare.note
 
 
 def test_every_failure_is_listed():
-    evaluation = Evaluation([
-        _set("new", 5, {"accuracy": 0.6, "macro_f1": 0.5, "ece": 0.5}, {"accuracy": 0.7}, {"accuracy": -0.1}, {"accuracy": -0.2}),
-        _set("regression", 50, {"accuracy": 0.8}, {"accuracy": 0.9}, {"accuracy": -0.1}, {"accuracy": -0.2}),
-    ], LABELS, {"challenger": {"p50": 5.0, "p95": 9.0}, "champion": {"p50": 1.0, "p95": 1.0}})
-    decision = decide(evaluation, POLICY, has_champion=True)
+    evaluation = Evaluation(
+        [
+            _set(
+                "new",
+                5,
+                {"accuracy": 0.6, "macro_f1": 0.5, "ece": 0.5},
+                {"accuracy": 0.7},
+                {"accuracy": -0.1},
+                {"accuracy": -0.2},
+            ),
+            _set("regression", 50, {"accuracy": 0.8}, {"accuracy": 0.9}, {"accuracy": -0.1}, {"accuracy": -0.2}),
+        ],
+        LABELS,
+        {"challenger": {"p50": 5.0, "p95": 9.0}, "champion": {"p50": 1.0, "p95": 1.0}},
+    )
+    decision = decide(evaluation, POLICY, True, LEGACY)
     names = [r.split(" = ")[0] for r in decision.reasons]
-    assert names == ["rows in new test split", "new accuracy", "new macro_f1", "new accuracy delta CI low (improvement)",
-                     "regression accuracy delta CI low (non-inferiority)", "new ece", "latency p95 ratio vs champion"]
+    assert names == [
+        "rows in new test split",
+        "new accuracy",
+        "new macro_f1",
+        "new accuracy delta CI low (improvement)",
+        "regression accuracy delta CI low (non-inferiority)",
+        "new ece",
+        "latency p95 ratio vs champion",
+    ]
 
 
-def test_nan_or_missing_metric_fails_closed():
-    nan = Evaluation([
-        _set("new", 50, {"accuracy": math.nan, "macro_f1": 0.9, "ece": 0.1}, {"accuracy": 0.5}, {"accuracy": 0.1}, {"accuracy": 0.05}),
-        _set("regression", 50, {"accuracy": 0.9}, {"accuracy": 0.9}, {"accuracy": 0.0}, {"accuracy": 0.0}),
-    ], LABELS, LATENCY)
-    decision = decide(nan, POLICY, has_champion=True)
-    assert not decision.passed
+@pytest.mark.parametrize("name", ["legacy", "evidence", "no-harm"])
+def test_nan_or_missing_metric_fails_closed(name):
+    knobs = GatePolicy(name=name)
+    nan = Evaluation(
+        [
+            _set(
+                "new",
+                50,
+                {"accuracy": math.nan, "macro_f1": 0.9, "ece": 0.1},
+                {"accuracy": 0.5},
+                {"accuracy": 0.1},
+                {"accuracy": 0.05},
+            ),
+            _set("regression", 50, {"accuracy": 0.9}, {"accuracy": 0.9}, {"accuracy": 0.0}, {"accuracy": 0.0}),
+        ],
+        LABELS,
+        LATENCY,
+    )
+    decision = decide(nan, POLICY, True, knobs)
+    assert not decision.passed and decision.verdict == "reject"
     assert any(r.startswith("new accuracy = missing") for r in decision.reasons)
     no_regression = Evaluation([nan.sets[0]], LABELS, LATENCY)
-    assert any("regression" in r for r in decide(no_regression, POLICY, has_champion=True).reasons)
+    assert any("regression" in r for r in decide(no_regression, POLICY, True, knobs).reasons)
     no_latency = Evaluation(nan.sets, LABELS, {})
-    assert any(r.startswith("latency p95 ratio vs champion = missing") for r in decide(no_latency, POLICY, True).reasons)
+    assert any(
+        r.startswith("latency p95 ratio vs champion = missing") for r in decide(no_latency, POLICY, True, knobs).reasons
+    )
 
 
 def test_report_formats_round_trip():
@@ -118,7 +155,7 @@ def test_report_formats_round_trip():
     y = rng.integers(0, 2, 100)
     new = _evaluate("new", y, y, _flip(y, np.arange(40)))
     old = _evaluate("regression", y, y, y)
-    decision = decide(Evaluation([new, old], LABELS, LATENCY), POLICY, has_champion=True)
+    decision = decide(Evaluation([new, old], LABELS, LATENCY), POLICY, True, LEGACY)
     assert decision.passed and decision.verdict == "pass" and decision.reasons == []
     assert "| regression accuracy delta CI low (non-inferiority) | 0.0000 | >= -0.02 | pass |" in decision.to_markdown()
     from tasks.gate import GateDecision
@@ -133,17 +170,17 @@ def test_which_failures_implicate_the_data():
     y = rng.integers(0, 2, 300)
     old = _evaluate("regression", y, y, y)
     noisy_new = _evaluate("new", y, _flip(y, np.arange(120)), _flip(y, np.arange(120)))  # 60%: floor fails
-    assert implicates_data(decide(Evaluation([noisy_new, old], LABELS, LATENCY), POLICY, True))
+    assert implicates_data(decide(Evaluation([noisy_new, old], LABELS, LATENCY), POLICY, True, LEGACY))
     no_gain = _evaluate("new", y, _flip(y, np.arange(20)), _flip(y, np.arange(20)))  # 93%, no gain
-    decision = decide(Evaluation([no_gain, old], LABELS, LATENCY), POLICY, True)
+    decision = decide(Evaluation([no_gain, old], LABELS, LATENCY), POLICY, True, LEGACY)
     assert not decision.passed and not implicates_data(decision)
     forgot = _evaluate("regression", y, _flip(y, np.arange(60)), y)
     good_new = _evaluate("new", y, y, _flip(y, np.arange(60)))
-    assert implicates_data(decide(Evaluation([good_new, forgot], LABELS, LATENCY), POLICY, True))
+    assert implicates_data(decide(Evaluation([good_new, forgot], LABELS, LATENCY), POLICY, True, LEGACY))
     # A wide interval around a gain is "not enough evidence", not forgetting.
     small = y[:60]
     uncertain = _evaluate("regression", small, _flip(small, np.arange(3, 8)), _flip(small, np.arange(0, 6)))
-    decision = decide(Evaluation([good_new, uncertain], LABELS, LATENCY), POLICY, True)
+    decision = decide(Evaluation([good_new, uncertain], LABELS, LATENCY), POLICY, True, LEGACY)
     assert not decision.passed and uncertain.delta["accuracy"] > 0
     assert not implicates_data(decision)
     weak_first = Evaluation([_set("new", 50, {"accuracy": 0.5, "macro_f1": 0.5, "ece": 0.05})])

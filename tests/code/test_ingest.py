@@ -47,8 +47,12 @@ def test_prepare_requires_columns_and_rows():
 
 def test_split_is_deterministic_and_duplicates_share_a_split():
     config = KaizenConfig()
-    frame = pd.DataFrame({"text": ["Hello   World", "hello world", "HELLO WORLD "] + [f"row {i}" for i in range(2000)],
-                          "label": ["positive"] * 2003})
+    frame = pd.DataFrame(
+        {
+            "text": ["Hello   World", "hello world", "HELLO WORLD "] + [f"row {i}" for i in range(2000)],
+            "label": ["positive"] * 2003,
+        }
+    )
     batch = prepare_batch(frame, config, "f.csv")
     assert batch["split"].iloc[0] == batch["split"].iloc[1] == batch["split"].iloc[2]
     again = prepare_batch(frame, config, "f.csv")

@@ -18,8 +18,12 @@ def _imports(package: str):
 
 
 def test_only_flows_imports_prefect():
-    offenders = [f"{p.relative_to(REPO)}: {m}" for pkg in ("tasks", "models") for p, m in _imports(pkg)
-                 if m == "prefect" or m.startswith("prefect.")]
+    offenders = [
+        f"{p.relative_to(REPO)}: {m}"
+        for pkg in ("tasks", "models")
+        for p, m in _imports(pkg)
+        if m == "prefect" or m.startswith("prefect.")
+    ]
     assert offenders == []
 
 

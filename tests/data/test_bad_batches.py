@@ -13,7 +13,7 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 def _sst2(rows: int = 200, offset: int = 300) -> pd.DataFrame:
     frame = pd.read_csv(SHARED / "sst2" / "validation.csv", dtype=str, keep_default_na=False)
-    frame = frame.iloc[offset:offset + rows].reset_index(drop=True)
+    frame = frame.iloc[offset : offset + rows].reset_index(drop=True)
     frame["label"] = frame["label"].map({"0": "negative", "1": "positive"})
     return frame
 
@@ -38,8 +38,12 @@ def _state(root):
 
     ws = Workspace.at(root)
     config = load_config(root)
-    return (data_version(ws), tree_snapshot(ws.data), tree_snapshot(ws.dvc_remote),
-            len(list_versions(connect(ws, config), config.registry.model_name)))
+    return (
+        data_version(ws),
+        tree_snapshot(ws.data),
+        tree_snapshot(ws.dvc_remote),
+        len(list_versions(connect(ws, config), config.registry.model_name)),
+    )
 
 
 def _write(frame: pd.DataFrame, path) -> None:
@@ -114,8 +118,22 @@ def _case(name: str, path):
     raise AssertionError(name)
 
 
-CASES = ["renamed column", "extra column", "zero rows", "blank text", "null label", "unknown label", "non-utf8 bytes",
-         "mojibake", "overlong text", "duplicates", "two labels", "rare class", "leakage", "unknown tokens"]
+CASES = [
+    "renamed column",
+    "extra column",
+    "zero rows",
+    "blank text",
+    "null label",
+    "unknown label",
+    "non-utf8 bytes",
+    "mojibake",
+    "overlong text",
+    "duplicates",
+    "two labels",
+    "rare class",
+    "leakage",
+    "unknown tokens",
+]
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -134,12 +152,12 @@ def test_bad_batch_is_refused_and_named(home, tmp_path, capsys, name):
 
 
 def test_warn_level_drift_lets_the_batch_in_with_a_warning(home, tmp_path):
+    from models.classifier import load_tokenizer
     from tasks.config import load_config
-    from tasks.validate import validate_batch
     from tasks.history import load_history
     from tasks.ingest import prepare_batch
+    from tasks.validate import validate_batch
     from tasks.workspace import Workspace
-    from models.classifier import load_tokenizer
 
     frame = _sst2(rows=400, offset=400)
     skewed = pd.concat([frame[frame["label"] == "positive"].head(180), frame[frame["label"] == "negative"].head(20)])
@@ -148,4 +166,6 @@ def test_warn_level_drift_lets_the_batch_in_with_a_warning(home, tmp_path):
     history, keys = load_history(Workspace.at(home), tokenizer)
     report = validate_batch(prepare_batch(skewed, config, "skewed"), config, [], history, keys, tokenizer)
     assert report.success
-    assert any(line.startswith("drift: label distribution: total variation distance") for line in report.warning_lines())
+    assert any(
+        line.startswith("drift: label distribution: total variation distance") for line in report.warning_lines()
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pandas as pd
+
 from tasks.config import KaizenConfig
 from tasks.ingest import prepare_batch
 from tasks.validate import validate_batch
@@ -13,7 +14,7 @@ CONFIG = KaizenConfig(labels=["negative", "positive"], validation={"min_rows": 5
 
 def _sst2(rows: int = 300, offset: int = 0) -> pd.DataFrame:
     frame = pd.read_csv(SHARED / "sst2" / "validation.csv", dtype=str, keep_default_na=False)
-    frame = frame.iloc[offset:offset + rows].copy()
+    frame = frame.iloc[offset : offset + rows].copy()
     frame["label"] = frame["label"].map({"0": "negative", "1": "positive"})
     return frame
 
@@ -34,7 +35,9 @@ def test_unknown_label_is_named():
     frame.loc[frame.index[:30], "label"] = "neutral"
     failed = _failed(frame)
     assert list(failed) == ["label in declared label set"]
-    assert "30 unexpected" in failed["label in declared label set"] and "neutral" in failed["label in declared label set"]
+    assert (
+        "30 unexpected" in failed["label in declared label set"] and "neutral" in failed["label in declared label set"]
+    )
 
 
 def test_blank_and_null_text_are_named():

@@ -23,18 +23,32 @@ from tasks.train import launch_distributed, train_classifier
 
 REPO = Path(__file__).resolve().parents[2]
 LABELS = ["negative", "positive"]
-CONFIG = TrainConfig(epochs=3, batch_size=8, lr=3e-3, warmup_ratio=0.05, patience=5, seed=5,
-                     eval_every_steps=4, checkpoint_every_steps=4, keep_checkpoints=3)
+CONFIG = TrainConfig(
+    epochs=3,
+    batch_size=8,
+    lr=3e-3,
+    warmup_ratio=0.05,
+    patience=5,
+    seed=5,
+    eval_every_steps=4,
+    checkpoint_every_steps=4,
+    keep_checkpoints=3,
+)
 
 
 def _examples(n: int, seed: int, replayed: bool = False) -> Examples:
     rng = np.random.default_rng(seed)
     words = {1: ["great", "lovely", "superb"], 0: ["awful", "broken", "stale"]}
     labels = rng.integers(0, 2, n)
-    texts = [f"item {i} was {rng.choice(words[int(y)])} " + "very " * int(rng.integers(0, 6)) for i, y in enumerate(labels)]
+    texts = [
+        f"item {i} was {rng.choice(words[int(y)])} " + "very " * int(rng.integers(0, 6)) for i, y in enumerate(labels)
+    ]
     ids, offsets = tokenize_texts(texts, load_tokenizer("tiny"), 32)
-    return Examples([ids[offsets[i]:offsets[i + 1]] for i in range(n)], labels.astype(np.int64),
-                    pd.DataFrame({"replayed": [replayed] * n}))
+    return Examples(
+        [ids[offsets[i] : offsets[i + 1]] for i in range(n)],
+        labels.astype(np.int64),
+        pd.DataFrame({"replayed": [replayed] * n}),
+    )
 
 
 CHILD = """
@@ -62,13 +76,22 @@ print("RESULT", json.dumps({{"steps": result.steps, "resumed": result.resumed_fr
 def _child(tmp_path: Path, name: str, slow: float, ckpt: Path):
     save_examples(_examples(160, 0), tmp_path / "train.npz")
     save_examples(_examples(40, 1), tmp_path / "val.npz")
-    spec = {"train": str(tmp_path / "train.npz"), "val": str(tmp_path / "val.npz"), "out": str(tmp_path / name),
-            "ckpt": str(ckpt), "config": CONFIG.model_dump(mode="json")}
+    spec = {
+        "train": str(tmp_path / "train.npz"),
+        "val": str(tmp_path / "val.npz"),
+        "out": str(tmp_path / name),
+        "ckpt": str(ckpt),
+        "config": CONFIG.model_dump(mode="json"),
+    }
     (tmp_path / f"{name}.json").write_text(json.dumps(spec))
     script = tmp_path / "child.py"
     script.write_text(CHILD.format(repo=str(REPO)))
-    return subprocess.Popen([sys.executable, str(script), str(tmp_path / f"{name}.json"), str(slow)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path / f"{name}.json"), str(slow)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
@@ -106,15 +129,31 @@ def test_resume_after_sigkill_reaches_the_uninterrupted_result(tmp_path):
 def test_truncated_latest_checkpoint_is_skipped_with_a_log_line(tmp_path):
     lines: list[str] = []
     config = CONFIG.model_copy(update={"epochs": 1})
-    train_classifier("tiny", LABELS, _examples(160, 0), _examples(40, 1), config, tmp_path / "m",
-                     log=lines.append, checkpoint_dir=tmp_path / "ckpt")
+    train_classifier(
+        "tiny",
+        LABELS,
+        _examples(160, 0),
+        _examples(40, 1),
+        config,
+        tmp_path / "m",
+        log=lines.append,
+        checkpoint_dir=tmp_path / "ckpt",
+    )
     checkpoints = sorted((tmp_path / "ckpt").glob("step-*"), key=lambda p: int(p.name[5:]))
     assert [p.name for p in checkpoints] == ["step-12", "step-16", "step-20"]
     latest = checkpoints[-1] / "model.safetensors"
     latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])  # torn write
     lines.clear()
-    result = train_classifier("tiny", LABELS, _examples(160, 0), _examples(40, 1), config, tmp_path / "m2",
-                              log=lines.append, checkpoint_dir=tmp_path / "ckpt")
+    result = train_classifier(
+        "tiny",
+        LABELS,
+        _examples(160, 0),
+        _examples(40, 1),
+        config,
+        tmp_path / "m2",
+        log=lines.append,
+        checkpoint_dir=tmp_path / "ckpt",
+    )
     assert any(line.startswith("train: skipping checkpoint step-20") for line in lines), lines
     assert any("resuming from checkpoint step-16" in line for line in lines), lines
     assert result.resumed_from_step == 16 and result.steps == 20
@@ -123,14 +162,16 @@ def test_truncated_latest_checkpoint_is_skipped_with_a_log_line(tmp_path):
 def test_two_processes_on_cpu_both_train_and_only_rank_zero_saves(tmp_path):
     train, val = _examples(160, 0), _examples(40, 1)
     config = CONFIG.model_copy(update={"num_processes": 2, "epochs": 2})
-    result = launch_distributed("tiny", LABELS, train, val, config, tmp_path / "model", tmp_path / "dist",
-                                tmp_path / "ckpt", log=lambda _: None)
-    ranks = [json.loads((tmp_path / "dist" / f"rank-{r}.json").read_text()) for r in (0, 1)]
-    assert result.processes == 2 and ranks[0]["pid"] != ranks[1]["pid"]
-    assert ranks[0]["rows"] > 0 and ranks[1]["rows"] > 0  # both ranks contributed
-    assert ranks[0]["rows"] + ranks[1]["rows"] == 2 * 160  # disjoint shards cover the data each epoch
-    assert ranks[0]["saved"] and not ranks[1]["saved"]
-    assert (tmp_path / "model" / "model.safetensors").exists()
+    result = launch_distributed(
+        "tiny", LABELS, train, val, config, tmp_path / "model", tmp_path / "dist", tmp_path / "ckpt", log=lambda _: None
+    )
+    # Gathered over the gloo process group: one entry per rank, so two processes took part.
+    assert result.processes == 2 and result.rank == 0
+    assert len(result.rank_rows) == 2 and len(result.rank_saved) == 2
+    assert result.rank_rows[0] > 0 and result.rank_rows[1] > 0  # both ranks contributed
+    assert sum(result.rank_rows) == 2 * 160  # disjoint shards cover the data each epoch
+    assert result.rank_saved == [True, False]
+    assert result.model_dir == str(tmp_path / "model") and (tmp_path / "model" / "model.safetensors").exists()
 
 
 def test_cuda_oom_halves_micro_batch_and_doubles_accumulation(tmp_path, monkeypatch):
@@ -147,8 +188,15 @@ def test_cuda_oom_halves_micro_batch_and_doubles_accumulation(tmp_path, monkeypa
 
     monkeypatch.setattr(torch.nn.Module, "__call__", flaky)
     lines: list[str] = []
-    result = train_classifier("tiny", LABELS, _examples(64, 0), _examples(16, 1),
-                              CONFIG.model_copy(update={"epochs": 1, "batch_size": 16}), tmp_path / "m", log=lines.append)
+    result = train_classifier(
+        "tiny",
+        LABELS,
+        _examples(64, 0),
+        _examples(16, 1),
+        CONFIG.model_copy(update={"epochs": 1, "batch_size": 16}),
+        tmp_path / "m",
+        log=lines.append,
+    )
     assert result.batch_size == 4 and result.grad_accum == 4
     assert [line for line in lines if "out of memory" in line] == [
         "train: CUDA out of memory at micro-batch 16; retrying with micro-batch 8 x accumulation 2",
@@ -157,10 +205,12 @@ def test_cuda_oom_halves_micro_batch_and_doubles_accumulation(tmp_path, monkeypa
 
 
 def test_lora_trains_only_adapters_and_saves_a_merged_plain_model(tmp_path):
-    config = TrainConfig.model_validate({**CONFIG.model_dump(), "epochs": 2, "lr": 1e-2,
-                                         "lora": {"enabled": True, "r": 4, "alpha": 8}})
-    result = train_classifier("tiny", LABELS, _examples(160, 0), _examples(40, 1), config, tmp_path / "m",
-                              log=lambda _: None)
+    config = TrainConfig.model_validate(
+        {**CONFIG.model_dump(), "epochs": 2, "lr": 1e-2, "lora": {"enabled": True, "r": 4, "alpha": 8}}
+    )
+    result = train_classifier(
+        "tiny", LABELS, _examples(160, 0), _examples(40, 1), config, tmp_path / "m", log=lambda _: None
+    )
     weights = _weights(tmp_path / "m")
     assert not any("lora" in k for k in weights)  # merged: a plain classifier, loads without peft
     from models.classifier import build_tiny
@@ -179,8 +229,15 @@ def test_distillation_keeps_the_challenger_closer_to_the_champion_on_replayed_ro
 
     # A champion trained on one rule, then new data that contradicts it, with replay.
     champion_dir = tmp_path / "champion"
-    train_classifier("tiny", LABELS, _examples(160, 0), _examples(40, 1), CONFIG.model_copy(update={"epochs": 2}),
-                     champion_dir, log=lambda _: None)
+    train_classifier(
+        "tiny",
+        LABELS,
+        _examples(160, 0),
+        _examples(40, 1),
+        CONFIG.model_copy(update={"epochs": 2}),
+        champion_dir,
+        log=lambda _: None,
+    )
     replay = _examples(80, 2, replayed=True)
     flipped = _examples(80, 3)
     flipped.labels = 1 - flipped.labels
@@ -190,8 +247,15 @@ def test_distillation_keeps_the_challenger_closer_to_the_champion_on_replayed_ro
 
     def kl_after(weight: float) -> float:
         out = tmp_path / f"student-{weight}"
-        train_classifier(str(champion_dir), LABELS, mix, _examples(20, 4), CONFIG.model_copy(
-            update={"epochs": 2, "distill_weight": weight}), out, log=lambda _: None)
+        train_classifier(
+            str(champion_dir),
+            LABELS,
+            mix,
+            _examples(20, 4),
+            CONFIG.model_copy(update={"epochs": 2, "distill_weight": weight}),
+            out,
+            log=lambda _: None,
+        )
         student, _ = load_classifier(str(out), LABELS)
         after = predict_proba(student, replay.ids, 0, 32, torch.device("cpu"))
         return float(np.mean(np.sum(before * (np.log(before + 1e-9) - np.log(after + 1e-9)), axis=1)))
@@ -211,8 +275,15 @@ def test_bf16_autocast_path_runs_on_cpu(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch.nn.Module, "__call__", recording)
     lines: list[str] = []
-    result = train_classifier("tiny", LABELS, _examples(96, 0), _examples(24, 1),
-                              CONFIG.model_copy(update={"epochs": 1, "precision": "bf16"}), tmp_path / "m", log=lines.append)
+    result = train_classifier(
+        "tiny",
+        LABELS,
+        _examples(96, 0),
+        _examples(24, 1),
+        CONFIG.model_copy(update={"epochs": 1, "precision": "bf16"}),
+        tmp_path / "m",
+        log=lines.append,
+    )
     assert any("bf16 autocast" in line for line in lines)
     assert dtypes == {torch.bfloat16}  # the forward pass really ran under bf16 autocast
     weights = _weights(tmp_path / "m")

@@ -76,7 +76,9 @@ def test_unknown_label_is_quarantined_and_nothing_else_changes(workspace, tmp_pa
     assert code == 1
     assert "batch odd-labels failed validation" in err and "label in declared label set: 20 unexpected" in err
     after = _state(workspace)
-    assert {k: v for k, v in after.items() if k != "quarantine"} == {k: v for k, v in before.items() if k != "quarantine"}
+    assert {k: v for k, v in after.items() if k != "quarantine"} == {
+        k: v for k, v in before.items() if k != "quarantine"
+    }
     assert set(after["quarantine"]) == {"odd-labels/batch.parquet", "odd-labels/report.json", "odd-labels/source.txt"}
 
 
@@ -102,7 +104,9 @@ def test_failed_push_rolls_the_batch_back(workspace, monkeypatch):
     ws = Workspace.at(workspace)
     config = load_config(ws.root)
     path = workspace.parent / "good.csv"
-    pd.DataFrame({"text": [f"text {i}" for i in range(40)], "label": ["positive", "negative"] * 20}).to_csv(path, index=False)
+    pd.DataFrame({"text": [f"text {i}" for i in range(40)], "label": ["positive", "negative"] * 20}).to_csv(
+        path, index=False
+    )
     staged = stage_file(ws, config, path, "good")
     before = (ws.dvc_file.read_text() if ws.dvc_file.exists() else None, tree_snapshot(ws.data))
 
@@ -116,3 +120,26 @@ def test_failed_push_rolls_the_batch_back(workspace, monkeypatch):
     # The staged file is still there, so the same batch can be accepted on a retry.
     info, version = accept_batch(ws, staged, versioning.commit_data)
     assert info.batch_id == "good" and version == versioning.data_version(ws)
+
+
+@pytest.mark.parametrize("where", ["--set", "env", "file"])
+def test_bad_config_value_names_where_it_came_from(workspace, capsys, monkeypatch, where):
+    """`--set train.epochs=-1` used to be reported as if kaizen.yaml held the bad value."""
+    from flows.cli import main
+
+    args = ["status", "--workspace", str(workspace)]
+    if where == "--set":
+        args = ["config", "show", "--set", "train.epochs=-1", "--workspace", str(workspace)]
+    elif where == "env":
+        monkeypatch.setenv("KAIZEN_TRAIN__EPOCHS", "-1")
+    else:
+        (workspace / "kaizen.yaml").write_text("train:\n  epochs: -1\n")
+    capsys.readouterr()
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    expected = {
+        "--set": "--set train.epochs=-1: train.epochs:",
+        "env": "environment variable KAIZEN_TRAIN__EPOCHS: train.epochs:",
+        "file": f"{workspace / 'kaizen.yaml'}: train.epochs:",
+    }[where]
+    assert len(err) == 1 and expected in err[0], err

@@ -21,8 +21,11 @@ def _registry_with_versions(workspace, tmp_path, count: int, verdict: str = "pas
     versions = []
     for _ in range(count):
         run = client.create_run(experiment)
-        versions.append(register_challenger(client, config, run.info.run_id, model_dir,
-                                            {"kaizen.gate_verdict": verdict}, ["a text"]).version)
+        versions.append(
+            register_challenger(
+                client, config, run.info.run_id, model_dir, {"kaizen.gate_verdict": verdict}, ["a text"]
+            ).version
+        )
     return ws, config, client, config.registry.model_name, versions
 
 
@@ -40,16 +43,13 @@ def test_stale_champion_aborts_the_move(workspace, tmp_path):
 
 
 def _race(workspace: str, to_version: str, expected: str, barrier, results) -> None:
-    from tasks.config import load_config
-    from tasks.registry import StaleChampionError, connect, move_champion
-    from tasks.workspace import Workspace
+    from tasks.context import Context
+    from tasks.registry import StaleChampionError, move_champion
 
-    ws = Workspace.at(workspace)
-    config = load_config(ws.root)
-    client = connect(ws, config)
+    ctx = Context.open(workspace)
     barrier.wait(timeout=60)
     try:
-        move_champion(client, ws, config.registry.model_name, to_version, expected, "promote", f"race to {to_version}")
+        move_champion(ctx.client, ctx.ws, ctx.model_name, to_version, expected, "promote", f"race to {to_version}")
         results.put((to_version, "moved"))
     except StaleChampionError:
         results.put((to_version, "stale"))

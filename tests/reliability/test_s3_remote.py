@@ -4,61 +4,51 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import socket
 
 import pandas as pd
 import pytest
 import yaml
 
 from tests.conftest import SHARED, TINY_CONFIG, make_workspace, tree_snapshot
+from tests.reliability.s3_server import TEST_KEYS, moto_s3
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 BUCKET = "kaizen-data"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def s3(monkeypatch):
-    from moto.server import ThreadedMotoServer
-
-    for key, value in {"AWS_ACCESS_KEY_ID": "test-key", "AWS_SECRET_ACCESS_KEY": "test-secret",
-                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    for key, value in TEST_KEYS.items():
         monkeypatch.setenv(key, value)
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    import boto3
-
-    endpoint = f"http://127.0.0.1:{port}"
-    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-    client.create_bucket(Bucket=BUCKET)
-    yield endpoint, client
-    server.stop()
+    with moto_s3(BUCKET) as (endpoint, client):
+        yield endpoint, client
 
 
 def _sst2(offset: int) -> pd.DataFrame:
-    frame = pd.read_csv(SHARED / "sst2" / "validation.csv", dtype=str, keep_default_na=False).iloc[offset:offset + 200]
+    frame = pd.read_csv(SHARED / "sst2" / "validation.csv", dtype=str, keep_default_na=False).iloc[
+        offset : offset + 200
+    ]
     return frame.assign(label=frame["label"].map({"0": "negative", "1": "positive"}))
 
 
 def _digests(folder) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
-def test_ingest_push_wipe_pull_round_trip_and_failed_push(s3, tmp_path, capsys):
+def test_ingest_push_wipe_pull_round_trip_and_failed_push(s3, tmp_path, capsys, monkeypatch):
     from flows.cli import main
     from tasks.versioning import data_version, pull_data
     from tasks.workspace import Workspace
 
     endpoint, client = s3
-    settings = {**TINY_CONFIG, "data": {**TINY_CONFIG["data"], "remote": {"url": f"s3://{BUCKET}/dvc",
-                                                                          "endpoint_url": endpoint}}}
+    settings = {
+        **TINY_CONFIG,
+        "data": {**TINY_CONFIG["data"], "remote": {"url": f"s3://{BUCKET}/dvc", "endpoint_url": endpoint}},
+    }
     root = make_workspace(tmp_path / "ws", settings)
     ws = Workspace.at(root)
     dvc_config = (root / ".dvc" / "config").read_text()
@@ -88,6 +78,15 @@ def test_ingest_push_wipe_pull_round_trip_and_failed_push(s3, tmp_path, capsys):
     state = (data_version(ws), tree_snapshot(ws.data), (root / "data.dvc").read_text())
     capsys.readouterr()
     assert main(["ingest", str(second), "--batch-id", "second", "--workspace", str(root)]) == 1
+    err = capsys.readouterr().err
+    # The remote check refuses before anything is written (tasks/versioning.py: check_remote).
+    assert f"kaizen: error: data remote s3://{BUCKET}/dvc: bucket '{BUCKET}' does not exist" in err
+    assert (data_version(ws), tree_snapshot(ws.data), (root / "data.dvc").read_text()) == state
+    # A push that fails after the remote check passed (the bucket vanished in between) is rolled back.
+    with monkeypatch.context() as patch:
+        for where in ("tasks.ingest.check_remote", "tasks.versioning.check_remote"):
+            patch.setattr(where, lambda ws, remote=None: None)
+        assert main(["ingest", str(second), "--batch-id", "second", "--workspace", str(root)]) == 1
     err = capsys.readouterr().err
     assert "dvc add/push" in err and "failed" in err
     assert (data_version(ws), tree_snapshot(ws.data), (root / "data.dvc").read_text()) == state
@@ -122,8 +121,10 @@ def test_a_push_interrupted_after_dvc_add_is_finished_by_the_next_command(s3, tm
     from tasks.workspace import Workspace
 
     endpoint, client = s3
-    settings = {**TINY_CONFIG, "data": {**TINY_CONFIG["data"], "remote": {"url": f"s3://{BUCKET}/dvc",
-                                                                          "endpoint_url": endpoint}}}
+    settings = {
+        **TINY_CONFIG,
+        "data": {**TINY_CONFIG["data"], "remote": {"url": f"s3://{BUCKET}/dvc", "endpoint_url": endpoint}},
+    }
     root = make_workspace(tmp_path / "ws", settings)
     ws = Workspace.at(root)
     batch = prepare_batch(_sst2(0), load_config(root), "interrupted.csv")

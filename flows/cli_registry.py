@@ -1,0 +1,112 @@
+"""`kaizen` commands over the registry: status, promotion, rollback, history, lineage,
+report and prediction. Merged into the top-level app by flows/cli.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from flows.cli_options import JsonOpt, ReasonOpt, WorkspaceOpt, context, echo_json, write_access
+from tasks import lineage as lineage_mod
+from tasks import promotion
+from tasks.registry import read_ledger
+from tasks.status import format_status, workspace_status
+
+registry_app = typer.Typer()
+
+
+@registry_app.command()
+def status(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
+    """Champion, challenger, data version and the last run's gate verdict."""
+    report = workspace_status(context(workspace))
+    if as_json:
+        return echo_json(report)
+    typer.echo("\n".join(format_status(report)))
+
+
+@registry_app.command()
+def promote(
+    version: str,
+    reason: ReasonOpt,
+    force: Annotated[bool, typer.Option("--force", help="Promote even though the gate rejected it (recorded)")] = False,
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """Make VERSION the champion by hand."""
+    ctx = context(workspace)
+    with write_access(ctx, "promote"):
+        entry = promotion.promote_by_hand(ctx, version, reason, force)
+    typer.echo(f"champion: v{entry.from_version or '-'} -> v{entry.to_version} ({entry.action})")
+
+
+@registry_app.command()
+def rollback(reason: ReasonOpt, workspace: WorkspaceOpt = None) -> None:
+    """Restore the previous champion."""
+    ctx = context(workspace)
+    with write_access(ctx, "rollback"):
+        entry = promotion.roll_back(ctx, reason)
+    typer.echo(f"champion: v{entry.from_version} -> v{entry.to_version} (rollback)")
+
+
+@registry_app.command()
+def history(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
+    """The promotion ledger: every move of champion, with who, when and why."""
+    ctx = context(workspace)
+    entries = read_ledger(ctx.client, ctx.model_name)
+    if as_json:
+        return echo_json([e.__dict__ for e in entries])
+    for e in entries:
+        typer.echo(
+            f"{e.seq:>4} {e.when} {e.action:<15} v{e.from_version or '-'} -> v{e.to_version}  by {e.who}: {e.why}"
+        )
+
+
+@registry_app.command()
+def lineage(
+    version: str,
+    checkout: Annotated[
+        Path | None, typer.Option("--checkout", help="Restore that version's exact data into DIR")
+    ] = None,
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """What VERSION was trained on: data version, batches, DVC remote, code and config."""
+    ctx = context(workspace)
+    record = lineage_mod.describe_version(ctx, version)
+    if as_json:
+        echo_json(record)
+    else:
+        for key, value in record.items():
+            typer.echo(f"{key:<15} {', '.join(value) if isinstance(value, list) else value}")
+    if checkout is not None:
+        typer.echo(
+            f"restored data version {record['data_md5']} into {lineage_mod.checkout_data(ctx, version, checkout)}"
+        )
+
+
+@registry_app.command()
+def report(
+    out: Annotated[Path, typer.Option("--out", help="Directory for index.html and its pictures")],
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """Write a static HTML dashboard: champion timeline, metrics, gate decisions, drift."""
+    from tasks.report import collect_report, write_report
+
+    ctx = context(workspace)
+    page = write_report(collect_report(ctx.client, ctx.ws, ctx.config), out)
+    typer.echo(f"report: {page} (open it in a browser; no server needed)")
+
+
+@registry_app.command()
+def predict(
+    texts: list[str],
+    version: Annotated[str | None, typer.Option("--version", help="Model version (default: champion)")] = None,
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """Label TEXT... with the champion (or --version), through the registered MLflow model."""
+    from tasks.inference import predict_registered
+
+    _, frame = predict_registered(context(workspace), texts, version)
+    for text, label, score in zip(texts, frame["label"], frame["score"], strict=True):
+        typer.echo(f"{label}\t{float(score):.3f}\t{text}")
