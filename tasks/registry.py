@@ -8,23 +8,38 @@ second store. Alias moves happen under a file lock that re-reads the champion fi
 from __future__ import annotations
 
 import getpass
+import hashlib
 import json
 import os
+import random
 import subprocess
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 from filelock import FileLock
 
 from tasks.config import KaizenConfig
-from tasks.workspace import Workspace
 from tasks.errors import KaizenError
+from tasks.lineage import Lineage, tag
+from tasks.workspace import Workspace
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+CANDIDATE = "candidate"  # a challenger held back as underpowered, gathering evidence
+# Ledger actions that made a version champion (the ledger also records rollbacks and candidate events).
+PROMOTIONS = ("promote", "manual-promote", "forced-promote")
 LEDGER_PREFIX = "kaizen.ledger."
-SERVING_CODE = Path(__file__).resolve().parents[1] / "models" / "serving.py"
+PROMOTED_AT_TAG = "kaizen.promoted_at"
+# The pyfunc definition MLflow executes to rebuild a model ("model from code": no pickle).
+SERVING_CODE = Path(__file__).resolve().parent / "serving.py"
+WEIGHTS_FILE = "model.safetensors"
+# Formats that torch, pickle or joblib deserialise by running code. A kaizen model is
+# safetensors plus JSON/text tokenizer files, so any of these in one was put there by someone else.
+PICKLE_SUFFIXES = (".bin", ".pkl", ".pickle", ".pt", ".pth", ".ckpt", ".joblib")
 
 
 class RegistryError(KaizenError, RuntimeError):
@@ -33,6 +48,10 @@ class RegistryError(KaizenError, RuntimeError):
 
 class StaleChampionError(RegistryError):
     """The champion moved after the gate compared against it."""
+
+
+class TamperedModelError(RegistryError):
+    """A registered version's artifacts are not what was registered; nothing was loaded."""
 
 
 @dataclass(frozen=True)
@@ -46,7 +65,7 @@ class ModelRef:
 @dataclass(frozen=True)
 class LedgerEntry:
     seq: int
-    action: str  # promote | manual-promote | forced-promote | rollback
+    action: str  # promote | manual-promote | forced-promote | rollback | hold | evidence | drop-candidate
     from_version: str | None
     to_version: str
     who: str
@@ -117,16 +136,62 @@ def list_versions(client, name: str) -> list[ModelRef]:
 
 
 def download_model(client, ref: ModelRef, target: Path) -> Path:
-    """Fetch the safetensors classifier directory of a registered version."""
+    """Fetch the safetensors classifier directory of a registered version, verified: no
+    pickle-format file anywhere in its artifacts, and weights with the sha256 it was registered with."""
     import mlflow
 
     source = client.get_model_version_download_uri(ref.name, ref.version)
     # pyfunc stores each artifact under artifacts/<basename of the logged directory>.
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{source}/artifacts", dst_path=str(target)))
-    found = [p.parent for p in local.glob("*/model.safetensors")]
+    who = f"v{ref.version}"
+    # Before anything else: a pickle swapped in for the weights must be named, not "not found".
+    refuse_pickles(local, who)
+    found = [p.parent for p in local.glob(f"*/{WEIGHTS_FILE}")]
     if len(found) != 1:
-        raise RegistryError(f"v{ref.version}: expected one safetensors classifier in {source}, found {len(found)}")
+        raise RegistryError(f"{who}: expected one safetensors classifier in {source}, found {len(found)}")
+    verify_weights(found[0], Lineage.from_tags(ref.tags).weights_sha256, who)
     return found[0]
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def refuse_pickles(root: Path, who: str) -> None:
+    """Raise naming every pickle-format file under `root` (a loader that finds one might run it)."""
+    found = sorted(p for p in Path(root).rglob("*") if p.is_file() and p.suffix.lower() in PICKLE_SUFFIXES)
+    if found:
+        names = ", ".join(str(p.relative_to(root)) for p in found)
+        raise TamperedModelError(
+            f"{who}: {names}: pickle-format file in the model's artifacts (loading it can run code); refusing to load"
+        )
+
+
+def verify_weights(classifier_dir: Path, expected_sha256: str, who: str) -> None:
+    """Raise unless `classifier_dir/model.safetensors` has the sha256 recorded at registration."""
+    if not expected_sha256:
+        raise TamperedModelError(
+            f"{who}: no recorded weights hash (registered before kaizen recorded one), so its "
+            f"{WEIGHTS_FILE} cannot be verified; refusing to load"
+        )
+    weights = Path(classifier_dir) / WEIGHTS_FILE
+    if not weights.is_file():
+        raise TamperedModelError(f"{who}: {WEIGHTS_FILE} is missing from its artifacts; refusing to load")
+    actual = file_sha256(weights)
+    if actual != expected_sha256:
+        raise TamperedModelError(
+            f"{who}: {WEIGHTS_FILE} sha256 {actual[:12]}… differs from the registered "
+            f"{expected_sha256[:12]}…; refusing to load"
+        )
+
+
+def download_version(client, name: str, version: str, target: Path) -> Path:
+    """download_model for a version number (one call, so a flow retries both as one I/O step)."""
+    return download_model(client, get_version(client, name, version), target)
 
 
 def git_sha() -> str:
@@ -134,8 +199,13 @@ def git_sha() -> str:
     root = Path(__file__).resolve().parents[1]
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, check=True)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
@@ -149,29 +219,114 @@ def register_challenger(
     tags: dict[str, str],
     example_texts: list[str],
 ) -> ModelRef:
-    """Log the classifier to the run, register it and point `challenger` at it."""
+    """Log the classifier to the run, register it and point `challenger` at it.
+
+    The truncation length travels with the model (`model_config`), so the pyfunc and
+    `kaizen predict` cut long texts where training did, whatever the config says later.
+    The weights' sha256 goes both into the version's tags (what `download_model` checks) and
+    into `model_config` (what the pyfunc checks, without needing the registry).
+    """
     import mlflow
     import pandas as pd
     from mlflow.models import infer_signature
 
+    refuse_pickles(model_dir, "challenger")  # never publish what every loader would refuse
+    sha = file_sha256(Path(model_dir) / WEIGHTS_FILE)
+    tags = {**tags, tag("weights_sha256"): sha}
+
     example = pd.DataFrame({"text": example_texts[:3] or ["example"]})
-    output = pd.DataFrame({"label": [config.labels[0]] * len(example), "score": [0.5] * len(example)})
+    output = pd.DataFrame(
+        {
+            "label": [config.labels[0]] * len(example),
+            "score": [0.5] * len(example),
+            **{f"p_{label}": [0.5] * len(example) for label in config.labels},
+        }
+    )
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(SERVING_CODE),
             artifacts={"classifier": str(model_dir)},
+            model_config={"max_length": config.model.max_length, "weights_sha256": sha},
             signature=infer_signature(example, output),
             input_example=example,
             pip_requirements=[],  # served from the kaizen environment itself
         )
-    mv = client.create_model_version(config.registry.model_name, info.model_uri, run_id=run_id, tags=tags) \
-        if _model_exists(client, config.registry.model_name) else None
-    if mv is None:
-        client.create_registered_model(config.registry.model_name)
-        mv = client.create_model_version(config.registry.model_name, info.model_uri, run_id=run_id, tags=tags)
-    client.set_registered_model_alias(config.registry.model_name, CHALLENGER, mv.version)
-    return ModelRef(config.registry.model_name, str(mv.version), run_id, dict(tags))
+    name = config.registry.model_name
+    # The store named in an error (a client stub in a test may lack the private attribute).
+    store = getattr(client, "_registry_uri", None) or mlflow.get_registry_uri()
+    # Other processes may be registering against the same store right now (see _with_retries).
+    _with_retries(lambda: _ensure_registered_model(client, name), store, f"creating registered model {name}")
+    mv = _with_retries(
+        lambda: client.create_model_version(name, info.model_uri, run_id=run_id, tags=tags),
+        store,
+        f"creating a version of {name}",
+    )
+    _with_retries(
+        lambda: client.set_registered_model_alias(name, CHALLENGER, mv.version),
+        store,
+        f"pointing {name}@{CHALLENGER} at v{mv.version}",
+    )
+    return ModelRef(name, str(mv.version), run_id, dict(tags))
+
+
+# Registry writes that meet another writer: SQLite's lock outlasting MLflow's busy_timeout,
+# MLflow's own version-number retries (3, on IntegrityError) running out under contention, or
+# two writers racing MLflow's read-then-insert of an alias row (both see no row, one insert
+# loses on the unique key). Each write is one transaction that rolled back, so retrying it is
+# safe: the alias retry finds the winner's row and updates it.
+_T = TypeVar("_T")
+_TRANSIENT = (
+    "database is locked",
+    "database is busy",
+    "model version creation error",
+    "unique constraint failed",  # SQLite
+    "duplicate key value violates unique constraint",  # PostgreSQL
+)
+REGISTRY_TRIES = 8
+_BACKOFF_BASE_S = 0.05
+_BACKOFF_CAP_S = 2.0
+
+
+def _is_transient(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return any(marker in text for marker in _TRANSIENT)
+
+
+def _ensure_registered_model(client, name: str) -> None:
+    """Create the registered model unless it exists; a concurrent creator winning the race
+    between our check and our create is success, not an error."""
+    from mlflow.exceptions import MlflowException
+
+    if _model_exists(client, name):
+        return
+    try:
+        client.create_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS" and "already exists" not in str(exc).lower():
+            raise
+
+
+def _with_retries(write: Callable[[], _T], store: str, what: str, tries: int = REGISTRY_TRIES) -> _T:
+    """Run one registry write, retrying transient lock contention with full-jitter exponential
+    backoff (jitter, so writers that collided once do not collide again in lockstep); after
+    `tries` attempts raise a RegistryError naming the store. Other failures propagate at once."""
+    from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import OperationalError
+
+    for attempt in range(1, tries + 1):
+        try:
+            return write()
+        except (MlflowException, OperationalError) as exc:
+            if not _is_transient(exc):
+                raise
+            if attempt == tries:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise RegistryError(
+                    f"registry {store}: {what} failed after {tries} tries (another writer held the store): {first}"
+                ) from exc
+            time.sleep(random.uniform(0, min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2**attempt)))
+    raise AssertionError("unreachable")  # the loop returns or raises
 
 
 def read_ledger(client, name: str) -> list[LedgerEntry]:
@@ -187,6 +342,37 @@ def _who() -> str:
         return os.environ.get("KAIZEN_USER") or getpass.getuser()
     except (KeyError, OSError):
         return "unknown"
+
+
+def next_ledger_entry(
+    client, name: str, action: str, from_version: str | None, to_version: str, why: str
+) -> LedgerEntry:
+    ledger = read_ledger(client, name)
+    return LedgerEntry(
+        seq=(ledger[-1].seq + 1) if ledger else 1,
+        action=action,
+        from_version=from_version,
+        to_version=to_version,
+        who=_who(),
+        when=datetime.now(UTC).isoformat(timespec="seconds"),
+        why=why,
+    )
+
+
+def write_ledger_entry(client, name: str, entry: LedgerEntry) -> None:
+    client.set_registered_model_tag(name, f"{LEDGER_PREFIX}{entry.seq:06d}", json.dumps(entry.__dict__))
+
+
+def record_event(
+    ws: Workspace, client, name: str, action: str, from_version: str | None, to_version: str, why: str
+) -> LedgerEntry:
+    """A ledger entry that moves no alias (a challenger held as candidate, a look at its evidence),
+    written under the same lock as champion moves so sequence numbers never collide."""
+    ws.state.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(ws.promote_lock), timeout=120):
+        entry = next_ledger_entry(client, name, action, from_version, to_version, why)
+        write_ledger_entry(client, name, entry)
+    return entry
 
 
 def move_champion(
@@ -209,21 +395,12 @@ def move_champion(
                 f"champion is v{current_version}, but this decision was made against v{expected_champion}; "
                 "nothing was moved"
             )
-        ledger = read_ledger(client, name)
-        entry = LedgerEntry(
-            seq=(ledger[-1].seq + 1) if ledger else 1,
-            action=action,
-            from_version=current_version,
-            to_version=str(to_version),
-            who=_who(),
-            when=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            why=why,
-        )
+        entry = next_ledger_entry(client, name, action, current_version, str(to_version), why)
         # Ledger first: a crash between the two writes leaves a recorded intent, never an
         # unrecorded move.
-        client.set_registered_model_tag(name, f"{LEDGER_PREFIX}{entry.seq:06d}", json.dumps(entry.__dict__))
+        write_ledger_entry(client, name, entry)
         client.set_registered_model_alias(name, CHAMPION, str(to_version))
-        client.set_model_version_tag(name, str(to_version), "kaizen.promoted_at", entry.when)
+        client.set_model_version_tag(name, str(to_version), PROMOTED_AT_TAG, entry.when)
     return entry
 
 
@@ -237,22 +414,8 @@ def previous_champion(client, name: str) -> str:
     if current is None:
         raise RegistryError(f"model {name} has no champion to roll back from")
     for entry in reversed(read_ledger(client, name)):
-        if entry.to_version == current.version and entry.action != "rollback":
+        if entry.to_version == current.version and entry.action in PROMOTIONS:
             if entry.from_version is None:
                 raise RegistryError(f"v{current.version} is the first champion; there is nothing to roll back to")
             return entry.from_version
     raise RegistryError(f"the ledger has no record of how v{current.version} became champion")
-
-
-def manual_promotion_problem(ref: ModelRef, current_champion: str | None) -> str | None:
-    """Why promoting `ref` by hand is not backed by its gate (None when it is).
-
-    A version's gate verdict only counts against the champion it was compared with.
-    """
-    verdict = ref.tags.get("kaizen.gate_verdict")
-    if verdict != "pass":
-        return f"its gate verdict is {verdict or 'missing'}"
-    compared = ref.tags.get("kaizen.parent_version") or None
-    if compared != current_champion:
-        return f"its gate compared it with v{compared or '-'}, but the champion is now v{current_champion or '-'}"
-    return None
