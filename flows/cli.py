@@ -17,7 +17,7 @@ from flows.cli_registry import registry_app
 from tasks import quarantine
 from tasks.config import describe_config, format_config_rows
 from tasks.errors import KaizenError
-from tasks.ingest import batch_ids, check_input
+from tasks.ingest import AlreadyIngested, batch_ids, check_input
 
 app = typer.Typer(
     add_completion=False,
@@ -39,7 +39,7 @@ def init(workspace: WorkspaceOpt = None) -> None:
     from tasks.versioning import init_workspace
 
     ctx = context(workspace)
-    with write_access(ctx, "init"):
+    with write_access(ctx, "init", recover=False):
         init_workspace(ctx.ws, ctx.config)
     typer.echo(f"workspace ready at {ctx.ws.root}")
 
@@ -56,11 +56,23 @@ def ingest(
     """Validate FILE and store it as a new immutable, DVC-versioned batch."""
     ctx = context(workspace, set_)
     with write_access(ctx, "ingest"):
-        check_input(ctx.ws, ctx.config, file, batch_id)  # refuse bad files before any flow starts
+        if _already_ingested(ctx, file, batch_id):
+            return
         from flows.pipeline import ingest as ingest_flow
 
         info = ingest_flow(str(file), batch_id, str(ctx.ws.root), overrides(set_))
     typer.echo(f"ingested batch {info['batch_id']}: {info['rows']} rows, splits {info['split_counts']}")
+
+
+def _already_ingested(ctx, file: Path, batch_id: str | None = None) -> bool:
+    """Refuse a bad file before any flow starts; a file whose content is already a batch is a
+    no-op (said so), so re-sending a file or re-running after a crash converges."""
+    try:
+        check_input(ctx.ws, ctx.config, file, batch_id)
+    except AlreadyIngested as done:
+        typer.echo(f"kaizen: {done}", err=True)
+        return True
+    return False
 
 
 @app.command()
@@ -91,12 +103,11 @@ def run(
     """One continual-training cycle on every batch not yet trained on."""
     ctx = context(workspace, set_)
     with write_access(ctx, "run"):
-        for file in files or []:
-            check_input(ctx.ws, ctx.config, file)  # refuse bad files before any flow starts
+        new_files = [f for f in files or [] if not _already_ingested(ctx, f)]
         from flows.pipeline import continual_training
 
         summary = continual_training(
-            files=[str(f) for f in files or []],
+            files=[str(f) for f in new_files],
             workspace=str(ctx.ws.root),
             overrides=overrides(set_),
             auto_promote=False if no_promote else None,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -28,9 +30,17 @@ def context(workspace: Path | None, items: list[str] | None = None) -> Context:
     return Context.open(workspace, overrides(items))
 
 
-def write_access(ctx: Context, command: str):
-    """Writing commands take the workspace in turn (see tasks.workspace.exclusive)."""
-    return exclusive(ctx.ws, command, on_wait=lambda line: typer.echo(line, err=True))
+@contextlib.contextmanager
+def write_access(ctx: Context, command: str, recover: bool = True) -> Iterator[None]:
+    """Writing commands take the workspace in turn (see tasks.workspace.exclusive), then finish or
+    undo whatever a killed command left half done (tasks.recovery) before doing their own work."""
+    with exclusive(ctx.ws, command, on_wait=lambda line: typer.echo(line, err=True)):
+        if recover:
+            from tasks.recovery import recover as recover_workspace
+
+            for line in recover_workspace(ctx):
+                typer.echo(f"kaizen: {line}", err=True)
+        yield
 
 
 def echo_json(value) -> None:

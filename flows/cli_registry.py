@@ -110,3 +110,26 @@ def predict(
     _, frame = predict_registered(context(workspace), texts, version)
     for text, label, score in zip(texts, frame["label"], frame["score"], strict=True):
         typer.echo(f"{label}\t{float(score):.3f}\t{text}")
+
+
+@registry_app.command()
+def doctor(
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Skip re-hashing every remote object and every registered version's weights")
+    ] = False,
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check that data/, data.dvc, the manifest, the remote, the history statistics, the registry,
+    the aliases and the ledger agree; one line per disagreement, exit 1 if there is any."""
+    from tasks.doctor import PROBLEM, examine, summary_line
+
+    found = examine(context(workspace), deep=not quick, progress=lambda what: typer.echo(f"checking {what}", err=True))
+    if as_json:
+        echo_json([f.__dict__ for f in found])
+    else:
+        for finding in found:
+            typer.echo(finding.line())
+        typer.echo(summary_line(found))
+    if any(f.severity == PROBLEM for f in found):
+        raise typer.Exit(1)

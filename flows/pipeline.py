@@ -31,6 +31,7 @@ from tasks.context import Context
 from tasks.cycle import CyclePlan, CycleSummary
 from tasks.errors import KaizenError
 from tasks.featurize import featurize_batch
+from tasks.recovery import recover
 
 
 def _transient(task, task_run, state) -> bool:
@@ -85,6 +86,7 @@ log_look_task = _task(tracking.log_look, "log-look", **IO)
 record_look_task = _task(candidate.record_look, "record-look", **IO)
 conclude_task = _task(candidate.conclude, "conclude-candidate")
 withdraw_task = _task(cycle.withdraw_batches, "withdraw-batches", **IO)
+close_task = _task(cycle.close_version, "close-version", **IO)
 
 
 def prepare(workspace: str | None, overrides: dict[str, Any] | None) -> Context:
@@ -92,10 +94,8 @@ def prepare(workspace: str | None, overrides: dict[str, Any] | None) -> Context:
     # One line naming a broken remote before init_repo rewrites .dvc/config or a push is retried.
     versioning.check_remote(ctx.ws, ctx.config.data.remote)
     versioning.init_repo(ctx.ws, ctx.config.data.remote)
-    if versioning.finish_interrupted_push(ctx.ws):
-        get_run_logger().warning(
-            f"data: finished an interrupted dvc push of data version {versioning.data_version(ctx.ws)}"
-        )
+    for line in recover(ctx):  # what a killed command left half done, first
+        get_run_logger().warning(line)
     return ctx
 
 
@@ -114,7 +114,11 @@ def _flow_run_id() -> str:
 
 def ingest_one(ctx: Context, file: str, batch_id: str | None) -> ingest_mod.BatchInfo:
     logger = get_run_logger()
-    staged = stage_task(ctx.ws, ctx.config, file, batch_id)
+    try:
+        staged = stage_task(ctx.ws, ctx.config, file, batch_id)
+    except ingest_mod.AlreadyIngested as done:  # a re-sent file, or a re-run after a crash
+        logger.info(f"ingest: {done}")
+        return ingest_mod.describe_batch(ctx.ws, done.batch_id)
     tokenizer = load_tokenizer(ctx.config.model.base)  # one load serves validation and history
     report = validate_task(ctx.ws, staged, ctx.config, tokenizer)
     report_path = save_report_task(ctx.ws, staged.batch_id, report)
@@ -240,6 +244,7 @@ def run_cycle(ctx: Context, summary: CycleSummary, auto_promote: bool) -> None:
             act_on_decision(ctx, ref.version, run_id, plan, decision, auto_promote, summary)
         with timed(summary, "ingest+validate"):
             settle_batches(ctx, plan, decision, ref.version, summary)
+        close_task(ctx, ref.version)
 
 
 def act_on_decision(

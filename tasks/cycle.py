@@ -11,7 +11,7 @@ from typing import Literal
 from tasks.context import Context
 from tasks.gate import GateDecision, implicates_data
 from tasks.ingest import batch_ids
-from tasks.lineage import Lineage
+from tasks.lineage import Lineage, tag
 from tasks.registry import CHAMPION, get_alias, get_version, git_sha, list_versions
 from tasks.workspace import Workspace
 
@@ -72,11 +72,7 @@ def learned_batches(client, name: str, version: str | None) -> list[str]:
 def plan_cycle(ctx: Context) -> CyclePlan:
     """New = ingested but never consumed by a registered version (pending ones are not consumed)."""
     consumed = {
-        b
-        for ref in list_versions(ctx.client, ctx.model_name)
-        for lineage in [Lineage.from_tags(ref.tags)]
-        if not lineage.batches_pending
-        for b in lineage.new_batches
+        b for ref in list_versions(ctx.client, ctx.model_name) for b in Lineage.from_tags(ref.tags).consumed_batches
     }
     present = batch_ids(ctx.ws)
     champion = get_alias(ctx.client, ctx.model_name, CHAMPION)
@@ -116,7 +112,32 @@ def build_lineage(
         gate_verdict=decision.verdict,
         gate_reasons="; ".join(decision.reasons),
         batches_pending=batch_fate(decision) == "pending",
+        cycle_state="open",
     )
+
+
+def close_version(ctx: Context, version: str) -> None:
+    """The cycle has acted on the version's decision (promoted, held, withdrawn or left pending)."""
+    ctx.client.set_model_version_tag(ctx.model_name, version, tag("cycle_state"), "done")
+
+
+def settle_unfinished(ctx: Context) -> list[str]:
+    """Versions a killed cycle left "open": the champion or candidate was acted on (done); any
+    other is abandoned, so its batches are trained on again by the next cycle.
+
+    Runs under the workspace lock, so no live cycle on this workspace can own an open version.
+    """
+    from tasks.registry import CANDIDATE, CHAMPION
+
+    acted_on = {ref.version for alias in (CHAMPION, CANDIDATE) if (ref := get_alias(ctx.client, ctx.model_name, alias))}
+    done = []
+    for ref in list_versions(ctx.client, ctx.model_name):
+        if Lineage.from_tags(ref.tags).cycle_state != "open":
+            continue
+        state = "done" if ref.version in acted_on else "abandoned"
+        ctx.client.set_model_version_tag(ctx.model_name, ref.version, tag("cycle_state"), state)
+        done.append(f"registry: v{ref.version} was left by an interrupted cycle; marked {state}")
+    return done
 
 
 def withdraw_batches(ctx: Context, batches: list[str], version: str, gate_json: str) -> str:
@@ -126,11 +147,12 @@ def withdraw_batches(ctx: Context, batches: list[str], version: str, gate_json: 
     from tasks import history, ingest, versioning
 
     tokenizer = load_tokenizer(ctx.config.model.base)  # history statistics are under the base tokenizer
-    for batch_id in batches:
-        batch = ingest.load_batch(ctx.ws, batch_id)
-        ingest.withdraw_batch(ctx.ws, batch_id, f"gate rejected v{version}", gate_json)
-        history.forget_batch(ctx.ws, batch_id, batch, tokenizer)
-    return versioning.commit_data(ctx.ws)
+    with versioning.changing_data(ctx.ws):  # a kill in here is undone (or finished) by the next command
+        for batch_id in batches:
+            batch = ingest.load_batch(ctx.ws, batch_id)
+            ingest.withdraw_batch(ctx.ws, batch_id, f"gate rejected v{version}", gate_json)
+            history.forget_batch(ctx.ws, batch_id, batch, tokenizer)
+        return versioning.commit_data(ctx.ws)
 
 
 def register_version(

@@ -20,7 +20,7 @@ import pandas as pd
 
 from tasks.config import KaizenConfig, SplitConfig
 from tasks.errors import KaizenError, StorageError
-from tasks.versioning import check_remote
+from tasks.versioning import changing_data, check_remote
 from tasks.workspace import Workspace
 
 REQUIRED_COLUMNS = ("text", "label")
@@ -179,12 +179,21 @@ def batch_ids(ws: Workspace) -> list[str]:
     return [entry["batch_id"] for entry in read_manifest(ws)]
 
 
-def check_new_batch(ws: Workspace, batch_id: str, sha256: str) -> None:
+class AlreadyIngested(IngestError):
+    """The file's content is already a batch: ingesting it again is a no-op, not a failure, so a
+    re-sent file or a command re-run after a crash converges instead of erroring."""
+
+    def __init__(self, source: str, batch_id: str):
+        self.batch_id = batch_id
+        super().__init__(f"{source}: this content was already ingested as batch {batch_id}; nothing to do")
+
+
+def check_new_batch(ws: Workspace, batch_id: str, sha256: str, source: str = "file") -> None:
     for entry in read_manifest(ws):
+        if entry["sha256"] == sha256:
+            raise AlreadyIngested(source, entry["batch_id"])
         if entry["batch_id"] == batch_id:
             raise IngestError(f"batch {batch_id} already exists; batches are immutable, choose another id")
-        if entry["sha256"] == sha256:
-            raise IngestError(f"this content was already ingested as batch {entry['batch_id']}")
 
 
 def write_atomic(path: Path, write) -> None:
@@ -230,6 +239,15 @@ def remove_batch(ws: Workspace, batch_id: str) -> None:
     write_atomic(ws.manifest, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=1)))
 
 
+def describe_batch(ws: Workspace, batch_id: str) -> BatchInfo:
+    """The BatchInfo of a batch already in data/ (what ingesting it again reports)."""
+    entry = next(e for e in read_manifest(ws) if e["batch_id"] == batch_id)
+    counts = load_batch(ws, batch_id)["split"].value_counts().to_dict()
+    path = ws.batch_path(batch_id)
+    split_counts = {k: int(v) for k, v in counts.items()}
+    return BatchInfo(batch_id, str(path), entry["rows"], entry["sha256"], split_counts, entry["source"])
+
+
 def load_batch(ws: Workspace, batch_id: str) -> pd.DataFrame:
     path = ws.batch_path(batch_id)
     if not path.exists():
@@ -270,7 +288,7 @@ def check_input(
     batch = prepare_batch(raw, config, str(file))
     sha = content_hash(batch)
     batch_id = batch_id or make_batch_id(sha)
-    check_new_batch(ws, batch_id, sha)
+    check_new_batch(ws, batch_id, sha, str(file))
     # Last, so a bad file is refused without a network call; still before anything is written,
     # so a misconfigured remote never leaves a staged or half-versioned batch behind.
     check_remote(ws, config.data.remote)
@@ -294,17 +312,18 @@ def accept_batch(ws: Workspace, staged: StagedBatch, commit) -> tuple[BatchInfo,
     """
     batch = pd.read_parquet(staged.path)
     saved = {p: (p.read_text() if p.exists() else None) for p in (ws.dvc_file, ws.manifest)}
-    info = write_batch(ws, staged.batch_id, batch, staged.sha256, staged.source)
-    try:
-        version = commit(ws)
-    except Exception:
-        ws.batch_path(staged.batch_id).unlink(missing_ok=True)
-        for path, text in saved.items():
-            if text is None:
-                path.unlink(missing_ok=True)
-            else:
-                path.write_text(text)
-        raise
+    with changing_data(ws):  # a kill in here is undone (or finished) by the next command
+        info = write_batch(ws, staged.batch_id, batch, staged.sha256, staged.source)
+        try:
+            version = commit(ws)
+        except Exception:
+            ws.batch_path(staged.batch_id).unlink(missing_ok=True)
+            for path, text in saved.items():
+                if text is None:
+                    path.unlink(missing_ok=True)
+                else:
+                    path.write_text(text)
+            raise
     Path(staged.path).unlink(missing_ok=True)
     return info, version
 

@@ -35,6 +35,10 @@ class Lineage:
     evidence_batches: list[str] = field(default_factory=list)
     # sha256 of the registered model.safetensors: every loader refuses weights that differ.
     weights_sha256: str = ""
+    # "open" from registration until its cycle has acted on the decision ("done"); a version a
+    # killed cycle left open is marked "abandoned" and its batches are trained on again.
+    # Versions registered before this was recorded read as "" and count as done.
+    cycle_state: str = ""
 
     def to_tags(self) -> dict[str, str]:
         tags = {}
@@ -68,7 +72,14 @@ class Lineage:
             evidence_runs=split_ids(get("evidence_runs")),
             evidence_batches=split_ids(get("evidence_batches")),
             weights_sha256=get("weights_sha256"),
+            cycle_state=get("cycle_state"),
         )
+
+    @property
+    def consumed_batches(self) -> list[str]:
+        """The new batches this version used up: not when they stay pending, nor when its cycle
+        never finished acting on its decision."""
+        return [] if self.batches_pending or self.cycle_state in ("open", "abandoned") else self.new_batches
 
     def remote(self) -> dict[str, str]:
         """DVC remote settings that restore this version's data."""

@@ -32,6 +32,7 @@ CHALLENGER = "challenger"
 CANDIDATE = "candidate"  # a challenger held back as underpowered, gathering evidence
 # Ledger actions that made a version champion (the ledger also records rollbacks and candidate events).
 PROMOTIONS = ("promote", "manual-promote", "forced-promote")
+CHAMPION_MOVES = (*PROMOTIONS, "rollback")
 LEDGER_PREFIX = "kaizen.ledger."
 PROMOTED_AT_TAG = "kaizen.promoted_at"
 # The pyfunc definition MLflow executes to rebuild a model ("model from code": no pickle).
@@ -388,6 +389,7 @@ def move_champion(
     get_version(client, name, to_version)  # fails clearly on an unknown version
     ws.state.mkdir(parents=True, exist_ok=True)
     with FileLock(str(ws.promote_lock), timeout=120):
+        _finish_move(client, name)  # a move a killed process recorded but did not make comes first
         current = get_alias(client, name, CHAMPION)
         current_version = current.version if current else None
         if current_version != expected_champion:
@@ -399,9 +401,52 @@ def move_champion(
         # Ledger first: a crash between the two writes leaves a recorded intent, never an
         # unrecorded move.
         write_ledger_entry(client, name, entry)
-        client.set_registered_model_alias(name, CHAMPION, str(to_version))
-        client.set_model_version_tag(name, str(to_version), PROMOTED_AT_TAG, entry.when)
+        _apply_move(client, name, entry)
     return entry
+
+
+def _apply_move(client, name: str, entry: LedgerEntry) -> None:
+    client.set_registered_model_alias(name, CHAMPION, entry.to_version)
+    client.set_model_version_tag(name, entry.to_version, PROMOTED_AT_TAG, entry.when)
+
+
+def last_move(ledger: list[LedgerEntry]) -> LedgerEntry | None:
+    """The ledger's last entry that moved `champion` (holds and looks move nothing)."""
+    return next((e for e in reversed(ledger) if e.action in CHAMPION_MOVES), None)
+
+
+def unfinished_move(client, name: str) -> LedgerEntry | None:
+    """The last recorded champion move, if a killed process wrote it but did not finish it:
+    the alias still points where the move started, or the promoted-at tag was not written."""
+    move = last_move(read_ledger(client, name))
+    if move is None:
+        return None
+    current = get_alias(client, name, CHAMPION)
+    current_version = current.version if current else None
+    if current_version == move.from_version and move.from_version != move.to_version:
+        return move
+    if current is not None and current_version == move.to_version and current.tags.get(PROMOTED_AT_TAG) != move.when:
+        return move
+    return None  # done, or moved by something other than kaizen (`kaizen doctor` reports that)
+
+
+def _finish_move(client, name: str) -> LedgerEntry | None:
+    move = unfinished_move(client, name)
+    if move is not None:
+        _apply_move(client, name, move)
+    return move
+
+
+def finish_interrupted_move(client, ws: Workspace, name: str) -> LedgerEntry | None:
+    """Complete a champion move that a killed process recorded in the ledger but did not make.
+
+    The ledger entry is written first (see `move_champion`), so it is the intent of record; the
+    next command carries it out, under the same lock as every move."""
+    if not _model_exists(client, name):
+        return None
+    ws.state.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(ws.promote_lock), timeout=120):
+        return _finish_move(client, name)
 
 
 def previous_champion(client, name: str) -> str:

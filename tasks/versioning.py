@@ -376,6 +376,89 @@ def finish_interrupted_push(ws: Workspace) -> bool:
     return True
 
 
+# --- finishing or undoing what a killed command left half done -------------------------------
+
+
+def _change_marker(ws: Workspace) -> Path:
+    return ws.state / "data-changing"
+
+
+@contextlib.contextmanager
+def changing_data(ws: Workspace):
+    """Mark `data/` as changing until the change is committed (`commit_data` inside the block).
+
+    A command killed inside the block leaves the marker; the next command then undoes the
+    change (`recover_data`), unless the kill came after `dvc add` began (the push marker), when
+    it finishes the change instead. Checking a marker costs nothing; hashing data/ to find an
+    uncommitted change would cost in proportion to the whole history.
+    """
+    marker = _change_marker(ws)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text("data/ is being changed; not committed yet\n")
+    yield
+    marker.unlink(missing_ok=True)
+
+
+def recover_data(ws: Workspace) -> str | None:
+    """Bring data/ back to a committed state after a killed command; say what was done.
+
+    Past `dvc add` (the push marker) the change was validated and recorded, so it is finished
+    (pushed). Before it, data/ is rolled back to the data version in data.dvc; any file the
+    rollback would remove or overwrite is first moved to `.kaizen/recovered/<time>/`.
+    """
+    if finish_interrupted_push(ws):
+        _change_marker(ws).unlink(missing_ok=True)
+        return f"finished an interrupted dvc push of data version {data_version(ws)}"
+    if not _change_marker(ws).exists():
+        return None
+    kept = roll_back_data(ws)
+    _change_marker(ws).unlink(missing_ok=True)
+    where = f"; uncommitted files kept in {kept}" if kept else ""
+    return f"rolled data/ back to data version {data_version(ws) or '(none)'} after an interrupted change{where}"
+
+
+def committed_files(ws: Workspace) -> dict[str, str]:
+    """relpath -> md5 of every file of the committed data version, from the local DVC cache."""
+    from dvc.repo import Repo
+
+    md5 = data_version(ws)
+    if md5 is None:
+        return {}
+    with _quiet_dvc():
+        listing = Path(Repo(str(ws.root)).cache.local.oid_to_path(md5))
+    if not listing.is_file():
+        raise VersioningError(f"data version {md5} is not in the local DVC cache; run `dvc pull` in {ws.root}")
+    return {entry["relpath"]: entry["md5"] for entry in json.loads(listing.read_text())}
+
+
+def roll_back_data(ws: Workspace) -> Path | None:
+    """Make data/ equal the committed data version; returns where displaced files were kept."""
+    from dvc.repo import Repo
+
+    committed = committed_files(ws)
+    present = [p for p in ws.data.rglob("*") if p.is_file()] if ws.data.exists() else []
+    # Batches are immutable, so only extra files and a rewritten manifest can differ.
+    displaced = [
+        p
+        for p in present
+        if (rel := p.relative_to(ws.data).as_posix()) not in committed
+        or (p == ws.manifest and _md5_of(p) != committed[rel])
+    ]
+    kept = None
+    if displaced:
+        from datetime import UTC, datetime
+
+        kept = ws.state / "recovered" / datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+        for path in displaced:
+            target = kept / path.relative_to(ws.data)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+    if committed:
+        with _quiet_dvc():
+            Repo(str(ws.root)).checkout(force=True)
+    return kept
+
+
 def pull_data(ws: Workspace) -> None:
     """`dvc pull` of the current data version, refusing (before data/ is touched) any object
     whose bytes do not match its md5: `dvc fetch`, verify the cache, then `dvc checkout`."""

@@ -145,8 +145,9 @@ def test_a_store_that_stays_locked_fails_with_one_line_naming_it(workspace, tmp_
 def test_losing_the_alias_insert_race_is_retried_and_lands(workspace, tmp_path, monkeypatch):
     """Two writers both see no `challenger` row and both insert it; the loser's unique-key error
     (the failure CI once met with 8 writers) is retried, finds the winner's row and updates it."""
-    import tasks.registry as registry
     from mlflow.exceptions import MlflowException
+
+    import tasks.registry as registry
 
     monkeypatch.setattr(registry.time, "sleep", lambda _: None)
     config, client, model_dir, experiment = _one_registration(workspace, tmp_path)
