@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from flows.cli_options import JsonOpt, ReasonOpt, WorkspaceOpt, context, echo_json, write_access
+from flows.cli_options import JsonOpt, ReasonOpt, SetOpt, WorkspaceOpt, context, echo_json, write_access
 from tasks import lineage as lineage_mod
 from tasks import promotion
 from tasks.registry import read_ledger
@@ -133,3 +133,21 @@ def doctor(
         typer.echo(summary_line(found))
     if any(f.severity == PROBLEM for f in found):
         raise typer.Exit(1)
+
+
+@registry_app.command("serve-model")
+def serve_model(
+    host: Annotated[str | None, typer.Option(help="Address to bind (default serve.host, 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default serve.port, 8000; 0 = any free port)")] = None,
+    workspace: WorkspaceOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Answer POST /predict from the champion, following the alias as it moves (GET /health, /metrics)."""
+    import logging
+
+    from tasks.service import serve
+
+    items = list(set_ or []) + [f"serve.{k}={v}" for k, v in (("host", host), ("port", port)) if v is not None]
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.WARNING)
+    logging.getLogger("kaizen").setLevel(logging.INFO)
+    serve(context(workspace, items), on_ready=lambda line: typer.echo(line, err=True))

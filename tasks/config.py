@@ -298,6 +298,23 @@ class RegistryConfig(_Section):
     tracking_uri: str = Field("", description="MLflow tracking URI; empty = SQLite at .kaizen/mlflow.db")
 
 
+class ServeConfig(_Section):
+    """`kaizen serve-model`: the prediction service that follows `@champion`."""
+
+    host: str = Field("127.0.0.1", description="Address to bind; loopback unless you mean to expose it")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port (0 = any free port, printed at start)")
+    reload_seconds: float = Field(
+        5.0, gt=0, description="How often the champion alias is read; a new champion answers within about this"
+    )
+    max_texts: int = Field(256, ge=1, description="Texts per request; more is refused with 413")
+    max_chars: int = Field(10_000, ge=1, description="Characters per text; a longer one is refused with 422")
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="Request body size; larger is refused with 413")
+    batch_wait_ms: float = Field(
+        2.0, ge=0, description="How long the first queued request waits for others to share its forward pass"
+    )
+    max_batch_texts: int = Field(64, ge=1, description="Texts per forward pass across concurrent requests")
+
+
 class KaizenConfig(_Section):
     project: str = Field("kaizen", description="Project name; also the MLflow experiment name")
     labels: list[str] = Field(["negative", "positive"], description="Class labels, in model output order")
@@ -308,6 +325,7 @@ class KaizenConfig(_Section):
     evaluate: EvaluateConfig = Field(EvaluateConfig(), description="Evaluation of challenger and champion")
     gate: GateConfig = Field(GateConfig(), description="Promotion rules for the challenger")
     registry: RegistryConfig = Field(RegistryConfig(), description="MLflow model registry")
+    serve: ServeConfig = Field(ServeConfig(), description="The prediction service (`kaizen serve-model`)")
 
     @field_validator("labels")
     @classmethod
