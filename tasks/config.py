@@ -310,7 +310,10 @@ class ServeConfig(_Section):
     max_chars: int = Field(10_000, ge=1, description="Characters per text; a longer one is refused with 422")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Request body size; larger is refused with 413")
     batch_wait_ms: float = Field(
-        2.0, ge=0, description="How long the first queued request waits for others to share its forward pass"
+        0.0,
+        ge=0,
+        description="How long a lone request waits for others to share its forward pass; 0 = batch only "
+        "what queued while the previous pass ran",
     )
     max_batch_texts: int = Field(64, ge=1, description="Texts per forward pass across concurrent requests")
 

@@ -61,6 +61,7 @@ def load_version(ctx: Context, version: str) -> Served:
 
     from tasks.inference import label_names
 
+    _ = ctx.client  # connecting points MLflow's global registry URI, which load_model reads, here
     pyfunc = mlflow.pyfunc.load_model(f"models:/{ctx.model_name}/{version}")
     model = pyfunc.unwrap_python_model()
     served = Served(version, model, _now(), label_names(model.model))
@@ -229,16 +230,29 @@ class BodyTooLarge(Exception):
     pass
 
 
-class BodyLimit:
-    """ASGI middleware refusing a body over `max_bytes` with 413, before or while it is read
-    (uvicorn has no limit of its own, and a client need not send Content-Length)."""
+class Guard:
+    """Pure ASGI middleware (Starlette's BaseHTTPMiddleware costs milliseconds a request):
+    refuses a body over `max_bytes` with 413, before or while it is read (uvicorn has no limit
+    of its own, and a client need not send Content-Length), and counts responses by route."""
 
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    ROUTES = ("/predict", "/health", "/metrics")
+
+    def __init__(self, app, max_bytes: int, metrics: Metrics):
+        self.app, self.max_bytes, self.metrics = app, max_bytes, metrics
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        route = scope["path"] if scope["path"] in self.ROUTES else "other"
+
+        async def counted(message):
+            if message["type"] == "http.response.start":
+                self.metrics.requests.labels(route, message["status"]).inc()
+            await send(message)
+
+        await self._limited(scope, receive, counted)
+
+    async def _limited(self, scope, receive, send):
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             return await self._refuse(send)
@@ -308,14 +322,6 @@ def build_app(ctx: Context, follow: bool = True):
     app = FastAPI(title="kaizen", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.follower, app.state.metrics = follower, metrics
 
-    @app.middleware("http")
-    async def count(request: Request, call_next):
-        response = await call_next(request)
-        metrics.requests.labels(
-            request.url.path if response.status_code != 404 else "other", response.status_code
-        ).inc()
-        return response
-
     @app.post("/predict")
     async def predict(request: Request):
         started = time.perf_counter()
@@ -362,7 +368,7 @@ def build_app(ctx: Context, follow: bool = True):
 
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    return BodyLimit(app, config.max_body_bytes)
+    return Guard(app, config.max_body_bytes, metrics)
 
 
 def serve(ctx: Context, on_ready: Callable[[str], None]) -> None:
@@ -372,7 +378,10 @@ def serve(ctx: Context, on_ready: Callable[[str], None]) -> None:
     import uvicorn
 
     config = ctx.config.serve
-    sock = socket.socket(socket.AF_INET6 if ":" in config.host else socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP named explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says TCP,
+    # and without it every response waits ~40 ms for a delayed ACK (Nagle, headers then body).
+    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((config.host, config.port))  # bound here, so port 0 gives a port we can print
     host, port = sock.getsockname()[:2]
