@@ -33,12 +33,13 @@ def context(workspace: Path | None, items: list[str] | None = None) -> Context:
 @contextlib.contextmanager
 def write_access(ctx: Context, command: str, recover: bool = True) -> Iterator[None]:
     """Writing commands take the workspace in turn (see tasks.workspace.exclusive), then finish or
-    undo whatever a killed command left half done (tasks.recovery) before doing their own work."""
+    undo what a killed command left half done to data/ (tasks.recovery) before their own work;
+    the flows they start, and every champion move, recover the registry's side."""
     with exclusive(ctx.ws, command, on_wait=lambda line: typer.echo(line, err=True)):
         if recover:
             from tasks.recovery import recover as recover_workspace
 
-            for line in recover_workspace(ctx):
+            for line in recover_workspace(ctx, registry=False):  # the flow recovers the registry
                 typer.echo(f"kaizen: {line}", err=True)
         yield
 

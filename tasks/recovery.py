@@ -16,9 +16,13 @@ from tasks.context import Context
 from tasks.workspace import Workspace
 
 
-def recover(ctx: Context) -> list[str]:
-    """Bring the workspace back to a consistent state; one line per thing done (none usually)."""
-    from tasks import cycle, registry, versioning
+def recover(ctx: Context, registry: bool = True) -> list[str]:
+    """Bring the workspace back to a consistent state; one line per thing done (none usually).
+
+    `registry=False` leaves the registry alone (no connection to MLflow): the CLI recovers the
+    data before it checks a file, so a refusal still writes nothing, not even a new mlflow.db;
+    the flow it then starts recovers the registry."""
+    from tasks import versioning
 
     done = []
     data = versioning.recover_data(ctx.ws)
@@ -27,6 +31,17 @@ def recover(ctx: Context) -> list[str]:
         done += release_restored(ctx.ws)
         refresh_history(ctx)
     clear_staging(ctx.ws)
+    if registry:
+        done += recover_registry(ctx)
+    return done
+
+
+def recover_registry(ctx: Context) -> list[str]:
+    from tasks import cycle, registry
+
+    if not ctx.config.registry.tracking_uri and not ctx.ws.mlflow_db.exists():
+        return []  # no registry yet, nothing to recover; connecting would create (and log) one
+    done = []
     move = registry.finish_interrupted_move(ctx.client, ctx.ws, ctx.model_name)
     if move:
         done.append(
