@@ -23,6 +23,10 @@ OFFLINE_AND_QUIET = {
     # artifacts) unless this is false; kaizen's pyfunc is model-from-code with safetensors
     # weights, so a pickle in a registered model can only be a tampered one.
     "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false",
+    # A workspace's first command migrates a new Prefect database before the temporary server
+    # answers; Prefect's 20 s default was exceeded on a loaded 2-core machine ("Timed out while
+    # attempting to connect to ephemeral Prefect API server"), failing a command that had work to do.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
 }
 
 

@@ -71,8 +71,10 @@ POINTS = [
     KillPoint("withdraw-dvc-added", "withdraw", "dvc.repo:Repo.add"),
     KillPoint("withdraw-committed", "withdraw", "tasks.versioning:commit_data"),
 ]
-# What `pytest` (CI) runs: one kill before and one after each commit point.
-BOUNDED = {"ingest-manifest-written", "ingest-dvc-added", "run-ledger-written", "run-version-created"}
+# What `pytest` (CI) runs: a kill before and one after the data commit point (rolled back,
+# finished), and one between registration and promotion (the version is settled, the batch
+# trained on again); the champion move's own recovery is in the full set.
+BOUNDED = {"ingest-manifest-written", "ingest-dvc-added", "run-version-created"}
 
 NEW_BATCH = "demo-2-gadgets"  # what the ingest scenario ingests
 NOISED = "demo-4-noised"  # what the withdraw scenario's cycle rejects
