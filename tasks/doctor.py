@@ -66,12 +66,14 @@ def examine(ctx: Context, deep: bool = True, progress: Callable[[str], None] = l
 
 
 def check_markers(ws: Workspace) -> list[Finding]:
+    from tasks.versioning import _change_marker, _push_marker
+
     found = []
-    if (ws.state / "push-pending").exists():
+    if _push_marker(ws).exists():
         found.append(
             Finding(PROBLEM, "data", "an interrupted dvc push is pending; the next writing command finishes it")
         )
-    if (ws.state / "data-changing").exists():
+    if _change_marker(ws).exists():
         found.append(
             Finding(PROBLEM, "data", "an interrupted change of data/ is pending; the next writing command undoes it")
         )
@@ -133,7 +135,9 @@ def check_history(ws: Workspace, manifest: list[dict]) -> list[Finding]:
     """The incremental statistics describe exactly the batches in the manifest (rows, labels)."""
     import pandas as pd
 
-    stats_path = ws.state / "history" / "stats.json"
+    from tasks.history import _paths
+
+    stats_path, _ = _paths(ws)
     if not stats_path.exists():
         if manifest:
             return [Finding(NOTE, "history", "no history statistics yet; the next ingest builds them")]
@@ -290,7 +294,7 @@ def check_weights(ctx: Context, versions: list, progress: Callable[[str], None])
 def check_ledger(ctx: Context, versions: list) -> list[Finding]:
     """The ledger is numbered 1..n, names real versions, each move starts where the previous one
     ended, and the last one ends where `champion` points."""
-    from tasks.registry import CHAMPION, PROMOTED_AT_TAG, get_alias, last_move, read_ledger
+    from tasks.registry import CHAMPION, CHAMPION_MOVES, PROMOTED_AT_TAG, get_alias, last_move, read_ledger
 
     ledger = read_ledger(ctx.client, ctx.model_name)
     found, known = [], {ref.version for ref in versions}
@@ -305,7 +309,7 @@ def check_ledger(ctx: Context, versions: list) -> list[Finding]:
                     PROBLEM, "ledger", f"#{entry.seq} ({entry.action}) names v{entry.to_version}, not in the registry"
                 )
             )
-        if entry.action in ("promote", "manual-promote", "forced-promote", "rollback"):
+        if entry.action in CHAMPION_MOVES:
             if entry.from_version != at:
                 found.append(
                     Finding(
