@@ -14,6 +14,7 @@ import typer
 
 from flows.cli_options import JsonOpt, SetOpt, WorkspaceOpt, context, echo_json, overrides, write_access
 from flows.cli_registry import registry_app
+from flows.cli_serve import serve_app
 from tasks import quarantine
 from tasks.config import describe_config, format_config_rows
 from tasks.errors import KaizenError
@@ -31,6 +32,7 @@ app.add_typer(quarantine_app, name="quarantine")
 app.add_typer(config_app, name="config")
 
 app.add_typer(registry_app)  # status, promote, rollback, history, lineage, report, predict
+app.add_typer(serve_app)  # serve, submit, approve, reject
 
 
 @app.command()
@@ -104,14 +106,16 @@ def run(
     ctx = context(workspace, set_)
     with write_access(ctx, "run"):
         new_files = [f for f in files or [] if not _already_ingested(ctx, f)]
-        from flows.pipeline import continual_training
+    from flows.pipeline import continual_training
 
-        summary = continual_training(
-            files=[str(f) for f in new_files],
-            workspace=str(ctx.ws.root),
-            overrides=overrides(set_),
-            auto_promote=False if no_promote else None,
-        )
+    # The flow takes the workspace's turn itself and gives it back while a challenger waits
+    # for approval, so other commands are not held up by a person's decision.
+    summary = continual_training(
+        files=[str(f) for f in new_files],
+        workspace=str(ctx.ws.root),
+        overrides=overrides(set_),
+        auto_promote=False if no_promote else None,
+    )
     typer.echo(
         f"cycle: {summary['status']}"
         + (f", v{summary['version']}" if summary.get("version") else "")

@@ -12,16 +12,19 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE as NO_CACHE
+from prefect.exceptions import FlowPauseTimeout
+from prefect.flow_runs import pause_flow_run
+from prefect.input import RunInput
 from prefect.runtime import flow_run
 from prefect.states import Failed, State
 
 from models.classifier import load_tokenizer
-from tasks import candidate, cycle, history, promotion, registry, tracking, versioning
+from tasks import approval, candidate, cycle, history, promotion, registry, tracking, versioning
 from tasks import evaluate as evaluate_mod
 from tasks import gate as gate_mod
 from tasks import ingest as ingest_mod
@@ -32,6 +35,7 @@ from tasks.cycle import CyclePlan, CycleSummary
 from tasks.errors import KaizenError
 from tasks.featurize import featurize_batch
 from tasks.recovery import recover
+from tasks.workspace import exclusive
 
 
 def _transient(task, task_run, state) -> bool:
@@ -87,16 +91,23 @@ record_look_task = _task(candidate.record_look, "record-look", **IO)
 conclude_task = _task(candidate.conclude, "conclude-candidate")
 withdraw_task = _task(cycle.withdraw_batches, "withdraw-batches", **IO)
 close_task = _task(cycle.close_version, "close-version", **IO)
+request_approval_task = _task(approval.request, "request-approval", **IO)
+approval_task = _task(approval.settle, "settle-approval", **IO)
 
 
-def prepare(workspace: str | None, overrides: dict[str, Any] | None) -> Context:
+@contextlib.contextmanager
+def prepared(workspace: str | None, overrides: dict[str, Any] | None, command: str) -> Iterator[Context]:
+    """The flow's turn in the workspace (the same lock as a writing command; a command that
+    already holds it passes it on), with what a killed run left half done recovered first."""
     ctx = Context.open(workspace, overrides)
     # One line naming a broken remote before init_repo rewrites .dvc/config or a push is retried.
     versioning.check_remote(ctx.ws, ctx.config.data.remote)
-    versioning.init_repo(ctx.ws, ctx.config.data.remote)
-    for line in recover(ctx):  # what a killed command left half done, first
-        get_run_logger().warning(line)
-    return ctx
+    logger = get_run_logger()
+    with exclusive(ctx.ws, command, on_wait=logger.info):
+        versioning.init_repo(ctx.ws, ctx.config.data.remote)
+        for line in recover(ctx):
+            logger.warning(line)
+        yield ctx
 
 
 def expected_failure(exc: KaizenError) -> State:
@@ -112,11 +123,13 @@ def _flow_run_id() -> str:
 # --- ingest ----------------------------------------------------------------------------------
 
 
-def ingest_one(ctx: Context, file: str, batch_id: str | None) -> ingest_mod.BatchInfo:
+def ingest_one(ctx: Context, file: str, batch_id: str | None, skip_known: bool = True) -> ingest_mod.BatchInfo:
     logger = get_run_logger()
     try:
         staged = stage_task(ctx.ws, ctx.config, file, batch_id)
     except ingest_mod.AlreadyIngested as done:  # a re-sent file, or a re-run after a crash
+        if not skip_known:
+            raise
         logger.info(f"ingest: {done}")
         return ingest_mod.describe_batch(ctx.ws, done.batch_id)
     tokenizer = load_tokenizer(ctx.config.model.base)  # one load serves validation and history
@@ -157,11 +170,11 @@ def ingest(
     file: str, batch_id: str | None = None, workspace: str | None = None, overrides: dict[str, Any] | None = None
 ) -> dict:
     """Validate a file and, if it passes, add it to data/ as an immutable DVC-versioned batch."""
-    ctx = prepare(workspace, overrides)
-    try:
-        info = ingest_one(ctx, file, batch_id)
-    except KaizenError as exc:
-        return expected_failure(exc)
+    with prepared(workspace, overrides, "ingest") as ctx:
+        try:
+            info = ingest_one(ctx, file, batch_id)
+        except KaizenError as exc:
+            return expected_failure(exc)
     return info.__dict__
 
 
@@ -176,8 +189,18 @@ def continual_training(
     overrides: dict[str, Any] | None = None,
     auto_promote: bool | None = None,
 ) -> dict:
-    """Ingest any given files, then train, evaluate, gate and register a challenger."""
-    ctx = prepare(workspace, overrides)
+    """Ingest any given files, then train, evaluate, gate and register a challenger; with
+    `gate.approval: manual`, a passing challenger then waits (this run paused) for a person."""
+    with prepared(workspace, overrides, "run") as ctx:
+        summary, result = cycle_in_turn(ctx, files, batch_ids, auto_promote)
+    if summary.status == "awaiting-approval":  # outside the workspace's turn: ingests go on meanwhile
+        return _finish(ctx, summary, wait_for_approval(ctx, summary))
+    return result
+
+
+def cycle_in_turn(
+    ctx: Context, files: list[str] | None, batch_ids: list[str] | None, auto_promote: bool | None
+) -> tuple[CycleSummary, Any]:
     summary = CycleSummary(status="failed", flow_run_id=_flow_run_id())
     # Known before anything can fail, so a quarantined batch's summary still names the champion.
     summary.champion_before = summary.champion_after = champion_task(ctx)
@@ -188,17 +211,49 @@ def continual_training(
         run_cycle(ctx, summary, ctx.config.gate.auto_promote if auto_promote is None else auto_promote)
     except BatchRejected as rejected:
         summary.status, summary.batch_ids, summary.reasons = "quarantined", [rejected.batch_id], rejected.lines
-        return _finish(ctx, summary, expected_failure(rejected))
+        return summary, _finish(ctx, summary, expected_failure(rejected))
     except KaizenError as exc:
         summary.reasons = [str(exc)]
         if summary.mlflow_run_id:  # e.g. training diverged: the run ends FAILED, not RUNNING
             fail_run_task(ctx, summary.mlflow_run_id)
-        return _finish(ctx, summary, expected_failure(exc))
+        return summary, _finish(ctx, summary, expected_failure(exc))
     except BaseException as exc:
         summary.reasons = summary.reasons or [f"{type(exc).__name__}: {exc}"]
         summary.save(ctx.ws.last_run)
         raise
-    return _finish(ctx, summary, summary.__dict__)
+    return summary, _finish(ctx, summary, summary.__dict__)
+
+
+class ApprovalInput(RunInput):
+    """What `kaizen approve/reject` (or the form in the Prefect UI) sends a paused cycle."""
+
+    decision: Literal["approve", "reject"]
+    reason: str
+    who: str = "prefect-ui"
+
+
+def wait_for_approval(ctx: Context, summary: CycleSummary) -> dict:
+    """Pause this run until a person decides on the challenger or `gate.approval_timeout` passes."""
+    logger = get_run_logger()
+    version, compared = summary.version, summary.champion_before
+    logger.info(
+        f"approval: v{version} passed its gate against v{compared or '-'} and waits for "
+        f"`kaizen approve {version} --reason ...` or `kaizen reject {version} --reason ...`"
+    )
+    try:
+        given = pause_flow_run(
+            wait_for_input=ApprovalInput, timeout=ctx.config.gate.approval_timeout, poll_interval=2, key="approval"
+        )
+        answer = approval.Answer(given.decision, given.reason, given.who)
+    except FlowPauseTimeout:
+        answer = approval.timed_out(ctx)
+    entry = approval_task(ctx, version, compared, answer)
+    promoted = entry.action == "approve"
+    summary.status = "promoted" if promoted else "rejected"
+    summary.champion_after = version if promoted else compared
+    summary.reasons = [f"{entry.action} by {entry.who}: {entry.why}"]
+    logger.info(f"approval: v{version} {'is champion' if promoted else 'rejected'} ({entry.who}: {entry.why})")
+    return summary.__dict__
 
 
 def _pair(files: list[str], batch_ids: list[str] | None) -> list[tuple[str, str | None]]:
@@ -256,13 +311,18 @@ def act_on_decision(
     auto_promote: bool,
     summary: CycleSummary,
 ) -> None:
-    """Promote a passing challenger; make a held one the candidate; leave a rejected one be."""
-    promoted = decision.passed and auto_promote
+    """Promote a passing challenger (or ask a person to); make a held one the candidate; leave a
+    rejected one be."""
+    promoted = decision.passed and auto_promote and ctx.config.gate.approval == "auto"
     if promoted:
         promote_task(ctx, version, plan.champion_version)
+    elif decision.passed and auto_promote:
+        request_approval_task(ctx, version, summary.flow_run_id)
     elif decision.held:
         hold_task(ctx, version, run_id, plan.new_batches, decision)
     announce_outcome(version, promoted, decision, plan, summary)
+    if decision.passed and auto_promote and not promoted:
+        summary.status = "awaiting-approval"
 
 
 def settle_candidate(

@@ -290,7 +290,14 @@ class GateConfig(_Section):
         description="A held challenger whose pooled `new` rows reach this many without a decision is "
         "rejected; 0 = hold without limit",
     )
-    auto_promote: bool = Field(True, description="Promote a challenger that passes the gate without manual approval")
+    auto_promote: bool = Field(True, description="Promote a challenger that passes the gate (false = register only)")
+    approval: Literal["auto", "manual"] = Field(
+        "auto",
+        description="manual = a challenger that passes waits, its flow run paused, for `kaizen approve/reject`",
+    )
+    approval_timeout: int = Field(
+        86_400, ge=1, description="Seconds a challenger waits for approval; past this it is rejected"
+    )
 
 
 class RegistryConfig(_Section):
@@ -318,6 +325,27 @@ class ServeConfig(_Section):
     max_batch_texts: int = Field(64, ge=1, description="Texts per forward pass across concurrent requests")
 
 
+class ScheduleConfig(_Section):
+    """`kaizen serve`: when cycles run by themselves and where new files land."""
+
+    cron: str = Field("", description="Cron schedule of the continual-training deployment (UTC); empty = none")
+    inbox: str = Field(
+        "inbox",
+        description="Where new files land: a directory (relative to the workspace) or an S3 prefix "
+        "(s3://bucket/prefix/, read with the remote's endpoint and credentials)",
+    )
+    poll_seconds: int = Field(10, ge=1, description="How often `watch-inbox` looks for new files")
+    settle_seconds: float = Field(
+        2.0, ge=0, description="A file is picked up once it has not changed for this long (a copy in progress waits)"
+    )
+    reemit_seconds: int = Field(
+        600, ge=10, description="A file still in the inbox this long after its event is announced again"
+    )
+    min_new_rows: int = Field(
+        1, ge=0, description="After an ingest, a cycle starts when this many rows wait untrained; 0 = never"
+    )
+
+
 class KaizenConfig(_Section):
     project: str = Field("kaizen", description="Project name; also the MLflow experiment name")
     labels: list[str] = Field(["negative", "positive"], description="Class labels, in model output order")
@@ -329,6 +357,7 @@ class KaizenConfig(_Section):
     gate: GateConfig = Field(GateConfig(), description="Promotion rules for the challenger")
     registry: RegistryConfig = Field(RegistryConfig(), description="MLflow model registry")
     serve: ServeConfig = Field(ServeConfig(), description="The prediction service (`kaizen serve-model`)")
+    schedule: ScheduleConfig = Field(ScheduleConfig(), description="Unattended runs (`kaizen serve`)")
 
     @field_validator("labels")
     @classmethod

@@ -31,7 +31,7 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 CANDIDATE = "candidate"  # a challenger held back as underpowered, gathering evidence
 # Ledger actions that made a version champion (the ledger also records rollbacks and candidate events).
-PROMOTIONS = ("promote", "manual-promote", "forced-promote")
+PROMOTIONS = ("promote", "manual-promote", "forced-promote", "approve")
 CHAMPION_MOVES = (*PROMOTIONS, "rollback")
 LEDGER_PREFIX = "kaizen.ledger."
 PROMOTED_AT_TAG = "kaizen.promoted_at"
@@ -66,7 +66,8 @@ class ModelRef:
 @dataclass(frozen=True)
 class LedgerEntry:
     seq: int
-    action: str  # promote | manual-promote | forced-promote | rollback | hold | evidence | drop-candidate
+    # promote | manual-promote | forced-promote | approve | rollback | reject | hold | evidence | drop-candidate
+    action: str
     from_version: str | None
     to_version: str
     who: str
@@ -338,7 +339,7 @@ def read_ledger(client, name: str) -> list[LedgerEntry]:
     return [LedgerEntry(**e) for e in sorted(entries, key=lambda e: e["seq"])]
 
 
-def _who() -> str:
+def current_user() -> str:
     try:
         return os.environ.get("KAIZEN_USER") or getpass.getuser()
     except (KeyError, OSError):
@@ -346,7 +347,7 @@ def _who() -> str:
 
 
 def next_ledger_entry(
-    client, name: str, action: str, from_version: str | None, to_version: str, why: str
+    client, name: str, action: str, from_version: str | None, to_version: str, why: str, who: str | None = None
 ) -> LedgerEntry:
     ledger = read_ledger(client, name)
     return LedgerEntry(
@@ -354,7 +355,7 @@ def next_ledger_entry(
         action=action,
         from_version=from_version,
         to_version=to_version,
-        who=_who(),
+        who=who or current_user(),
         when=datetime.now(UTC).isoformat(timespec="seconds"),
         why=why,
     )
@@ -365,13 +366,20 @@ def write_ledger_entry(client, name: str, entry: LedgerEntry) -> None:
 
 
 def record_event(
-    ws: Workspace, client, name: str, action: str, from_version: str | None, to_version: str, why: str
+    ws: Workspace,
+    client,
+    name: str,
+    action: str,
+    from_version: str | None,
+    to_version: str,
+    why: str,
+    who: str | None = None,
 ) -> LedgerEntry:
     """A ledger entry that moves no alias (a challenger held as candidate, a look at its evidence),
     written under the same lock as champion moves so sequence numbers never collide."""
     ws.state.mkdir(parents=True, exist_ok=True)
     with FileLock(str(ws.promote_lock), timeout=120):
-        entry = next_ledger_entry(client, name, action, from_version, to_version, why)
+        entry = next_ledger_entry(client, name, action, from_version, to_version, why, who)
         write_ledger_entry(client, name, entry)
     return entry
 
@@ -384,6 +392,7 @@ def move_champion(
     expected_champion: str | None,
     action: str,
     why: str,
+    who: str | None = None,
 ) -> LedgerEntry:
     """Move `champion` to `to_version` if it still points at `expected_champion`; log it."""
     get_version(client, name, to_version)  # fails clearly on an unknown version
@@ -397,7 +406,7 @@ def move_champion(
                 f"champion is v{current_version}, but this decision was made against v{expected_champion}; "
                 "nothing was moved"
             )
-        entry = next_ledger_entry(client, name, action, current_version, str(to_version), why)
+        entry = next_ledger_entry(client, name, action, current_version, str(to_version), why, who)
         # Ledger first: a crash between the two writes leaves a recorded intent, never an
         # unrecorded move.
         write_ledger_entry(client, name, entry)

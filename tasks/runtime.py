@@ -6,6 +6,7 @@ in a server) must agree: a hub download or a chatty analytics call is a bug anyw
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -40,3 +41,43 @@ def set_runtime_defaults(state_dir: Path | str | None = None) -> None:
         os.environ.setdefault(key, value)
     if state_dir is not None:
         os.environ.setdefault("PREFECT_HOME", str(Path(state_dir) / "prefect"))
+        # While `kaizen serve` runs, every command of the workspace talks to its Prefect server
+        # (one writer of the Prefect database; `kaizen approve` reaches the paused run there).
+        url = served_api_url(Path(state_dir))
+        if url and "PREFECT_API_URL" not in os.environ:
+            os.environ["PREFECT_API_URL"] = url
+
+
+def serve_record(state_dir: Path) -> Path:
+    return Path(state_dir) / "serve.json"
+
+
+def read_serve_record(state_dir: Path) -> dict:
+    try:
+        return json.loads(serve_record(state_dir).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A killed process whose parent died too stays a zombie where nothing reaps orphans (a
+    # container without an init): it answers signal 0 but runs nothing.
+    try:
+        stat = Path(f"/proc/{int(pid)}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def served_api_url(state_dir: Path) -> str | None:
+    """The API of the Prefect server `kaizen serve` started for this workspace, if it runs."""
+    record = read_serve_record(state_dir)
+    return record.get("api_url") if record.get("embedded") and pid_alive(record.get("server_pid")) else None

@@ -15,6 +15,9 @@ from pathlib import Path
 
 # A cycle on a big batch can run for hours; a second command waits for it rather than fail.
 WAIT_SECONDS = 24 * 3600
+# Workspaces whose turn this process already holds: a flow started by a command that holds the
+# turn runs inside it (flock locks are per open file, so taking it again would wait forever).
+_HELD: set[Path] = set()
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,9 @@ def exclusive(
 
     from tasks.errors import KaizenError
 
+    if ws.root in _HELD:
+        yield
+        return
     ws.state.mkdir(parents=True, exist_ok=True)
     lock, owner = FileLock(str(ws.command_lock)), ws.state / "workspace.lock.owner"
     try:
@@ -116,8 +122,10 @@ def exclusive(
         except Timeout:
             raise KaizenError(f"{holder} still holds {ws.root} after {timeout:.0f}s; nothing was done") from None
     try:
+        _HELD.add(ws.root)
         owner.write_text(f"`kaizen {command}` (pid {os.getpid()})\n")
         yield
     finally:
+        _HELD.discard(ws.root)
         owner.unlink(missing_ok=True)
         lock.release()
