@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tasks.approval import waiting as waiting_for_approval
 from tasks.context import Context
 from tasks.cycle import load_last_summary
 from tasks.ingest import read_manifest
@@ -40,6 +41,7 @@ def workspace_status(ctx: Context) -> dict:
         "data_version": data_version(ctx.ws),
         "batches": len(read_manifest(ctx.ws)),
         "quarantined": quarantined_ids(ctx.ws),
+        "awaiting_approval": waiting_for_approval(ctx),
         "last_run": {k: last.get(k) for k in LAST_RUN_FIELDS},
     }
 
@@ -57,6 +59,11 @@ def format_status(report: dict) -> list[str]:
         lines.append(
             f"candidate   v{held['version']}  held against v{held['compared_with'] or '-'}: underpowered so far, "
             f"{held['looks']} look(s) at its evidence"
+        )
+    for wait in report.get("awaiting_approval") or []:
+        lines.append(
+            f"approval    v{wait['version']} passed its gate against v{wait['compared_with'] or '-'} and waits since "
+            f"{wait['since']} (rejected at {wait['deadline']}): kaizen approve|reject {wait['version']} --reason ..."
         )
     lines.append(
         f"data       {report['data_version']} ({report['batches']} batches, {len(report['quarantined'])} quarantined)"
