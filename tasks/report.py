@@ -201,6 +201,46 @@ def _rule_item(r: dict) -> str:
     )
 
 
+def serving_periods(ledger: list[dict]) -> list[dict]:
+    """Which version was champion (so served predictions) from when until when, and how it
+    got there, from the ledger's champion moves."""
+    from tasks.registry import CHAMPION_MOVES
+
+    moves = [m for m in ledger if m["action"] in CHAMPION_MOVES]
+    return [
+        {
+            "version": m["to_version"],
+            "from": m["when"],
+            "until": moves[i + 1]["when"] if i + 1 < len(moves) else None,
+            "how": m["action"],
+            "who": m["who"],
+        }
+        for i, m in enumerate(moves)
+    ]
+
+
+def _approvals_html(data: dict) -> str:
+    from tasks.approval import DEADLINE_TAG, SINCE_TAG, STATE_TAG
+
+    e = html.escape
+    rows = [
+        f"<tr><td>v{e(m['to_version'])}</td><td>{e(m['action'])}</td><td>{e(m['when'])}</td><td>{e(m['who'])}</td>"
+        f"<td>{e(m['why'])}</td></tr>"
+        for m in data["ledger"]
+        if m["action"] in ("approve", "reject")
+    ]
+    rows += [
+        f"<tr><td>v{e(v['version'])}</td><td>waiting</td><td>since {e(v['tags'].get(SINCE_TAG, ''))}</td><td>-</td>"
+        f"<td>rejected if undecided at {e(v['tags'].get(DEADLINE_TAG, ''))}</td></tr>"
+        for v in data["versions"]
+        if v["tags"].get(STATE_TAG) == "waiting"
+    ]
+    if not rows:
+        return "<p>No approval requested (gate.approval: auto).</p>"
+    head = "<tr><th>version</th><th>decision</th><th>when</th><th>who</th><th>why</th></tr>"
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
 def write_report(data: dict, out: Path) -> Path:
     """A static dashboard: index.html, pictures beside it, data.json; no server needed."""
     out.mkdir(parents=True, exist_ok=True)
@@ -222,6 +262,11 @@ def write_report(data: dict, out: Path) -> Path:
         f"<td>v{e(m['to_version'])}</td><td>{e(m['who'])}</td><td>{e(m['why'])}</td></tr>"
         for m in data["ledger"]
     )
+    served = "".join(
+        f"<tr><td>v{e(p['version'])}</td><td>{e(p['from'])}</td><td>{e(p['until'] or 'now')}</td>"
+        f"<td>{e(p['how'])}</td><td>{e(p['who'])}</td></tr>"
+        for p in serving_periods(data["ledger"])
+    )
     drift = "".join(
         f"<tr><td>{e(b['batch_id'])}</td><td>{e(b['status'])}</td><td>{b['rows']}</td>"
         + "".join(f"<td>{b['label_share'][label]:.3f}</td>" for label in data["labels"])
@@ -237,6 +282,8 @@ img{{max-width:100%;margin:.5em 0;display:block}}</style></head><body>
 <h1>kaizen: {e(data["model"])}</h1><p>Champion: <b>v{e(str(data["champion"] or "-"))}</b></p>
 {images}
 <h2>Champion timeline</h2><table><tr><th>#</th><th>when</th><th>action</th><th>from</th><th>to</th><th>who</th><th>why</th></tr>{ledger}</table>
+<h2>Which version served when</h2><table><tr><th>champion</th><th>from</th><th>until</th><th>how</th><th>who</th></tr>{served}</table>
+<h2>Approvals</h2>{_approvals_html(data)}
 <h2>Versions</h2><table><tr><th>version</th><th>new batches</th><th>gate</th><th>new acc</th><th>champion new acc</th>
 <th>regression acc</th><th>champion regression acc</th><th>new macro-F1</th><th>new ECE</th><th>data md5</th></tr>{"".join(rows)}</table>
 <h2>Gate decisions</h2>{"".join(gates)}

@@ -280,3 +280,41 @@ def test_lora_challenger_is_registered_and_served_by_predict(tmp_path, demo_file
     for line, text in zip(lines, texts, strict=True):
         label, score, echoed = line.split("\t")
         assert label in config.labels and 0.5 <= float(score) <= 1.0 and echoed == text
+
+
+@pytest.mark.slow
+def test_report_renders_in_a_headless_browser_without_console_errors(e2e_cycle, tmp_path):
+    # What a data team opens: Debian's chromium renders it; the champion, who served when and
+    # the gate decisions are on the rendered page, and the browser logs no console error.
+    import shutil
+    import subprocess
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("no chromium on PATH (Debian: apt-get install chromium)")
+    out = e2e_cycle.views.report_dir
+    rendered = subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--dump-dom",
+            (out / "index.html").as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert rendered.returncode == 0, rendered.stderr[-3000:]
+    dom = rendered.stdout
+    assert "Champion: <b>v1</b>" in dom
+    assert "Which version served when" in dom and "rollback" in dom and "<td>now</td>" in dom
+    assert "v3: reject" in dom and "v2: pass" in dom
+    # Chromium logs console.error and uncaught exceptions alike as `INFO:CONSOLE`; the page has
+    # no script, so any console line at all is a fault.
+    console = [line for line in rendered.stderr.splitlines() if ":CONSOLE" in line]
+    assert not console, console
