@@ -84,6 +84,9 @@ def watch_inbox(workspace: str | None = None) -> list[str]:
     box = inbox_mod.open_inbox(ctx.ws, ctx.config)
     present = box.list()
     ready = inbox_mod.due(ctx.ws, present, schedule.settle_seconds, schedule.reemit_seconds, time.time())
+    if ready:  # a file whose ingest is queued or running is not announced again
+        taking = files_being_ingested(ctx)
+        ready = [f for f in ready if f.name not in taking]
     if ready:
         emit([landed_event(ctx, f.name) for f in ready])
         get_run_logger().info(f"inbox: {len(ready)} file(s) landed in {box.where}: {[f.name for f in ready]}")
@@ -136,6 +139,14 @@ def take(ctx: Context, local: Path, name: str, logger) -> dict:
     return {"file": name, "outcome": "ingested", "batch_id": info.batch_id, "rows": info.rows}
 
 
+def files_being_ingested(ctx: Context) -> set[str]:
+    """Inbox files of this workspace an `ingest` run is queued for or working on."""
+    return {
+        (run.parameters or {}).get("file")
+        for run in active_runs(ctx, INGEST_DEPLOYMENT, ("SCHEDULED", "PENDING", "RUNNING"), soon_seconds=None)
+    }
+
+
 def start_cycle_if_due(ctx: Context, log: Callable[[str], None]) -> str:
     """A cycle run when `schedule.min_new_rows` rows wait untrained and no cycle is queued to
     start (a queued one will take them); a running one is not counted: it planned already."""
@@ -165,6 +176,12 @@ def untrained_rows(ctx: Context) -> int:
 
 
 def queued_cycles(ctx: Context) -> list:
+    return active_runs(ctx, CYCLE_DEPLOYMENT, ("SCHEDULED", "PENDING"), soon_seconds=60)
+
+
+def active_runs(ctx: Context, deployment: str, states: tuple[str, ...], soon_seconds: float | None) -> list:
+    """Runs of one of this workspace's deployments in `states`; with `soon_seconds`, only those
+    due within that time (a cron run tomorrow is not queued work)."""
     from prefect import get_client
     from prefect.client.schemas.filters import (
         DeploymentFilter,
@@ -177,22 +194,21 @@ def queued_cycles(ctx: Context) -> list:
 
     async def read() -> list:
         async with get_client() as client:
-            runs = await client.read_flow_runs(
-                deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[CYCLE_DEPLOYMENT])),
+            return await client.read_flow_runs(
+                deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment])),
                 flow_run_filter=FlowRunFilter(
-                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED, StateType.PENDING]))
+                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType(s) for s in states]))
                 ),
             )
-        soon = datetime.now(UTC) + timedelta(seconds=60)  # a cron run tomorrow is not "queued"
-        mine = str(ctx.ws.root)
-        return [
-            r
-            for r in runs
-            if (r.parameters or {}).get("workspace") in (mine, None)
-            and (r.expected_start_time is None or r.expected_start_time <= soon)
-        ]
 
-    return _run_async(read())
+    mine = str(ctx.ws.root)
+    soon = None if soon_seconds is None else datetime.now(UTC) + timedelta(seconds=soon_seconds)
+    return [
+        r
+        for r in _run_async(read())
+        if (r.parameters or {}).get("workspace") in (mine, None)
+        and (soon is None or r.expected_start_time is None or r.expected_start_time <= soon)
+    ]
 
 
 # --- the deployments -------------------------------------------------------------------------
@@ -249,6 +265,7 @@ def serve_deployments(ctx: Context, log: Callable[[str], None]) -> None:
         deployment.apply()  # registered before serve() starts, so a cycle can be queued now
     # Rows ingested while no serve ran (or whose cycle a crash cut short) get their cycle now.
     start_cycle_if_due(ctx, log)
+    log("ready; Ctrl-C stops")
     serve(*deployments, print_starting_message=False)
 
 

@@ -43,8 +43,7 @@ def serve(workspace: WorkspaceOpt = None) -> None:
             f"  Prefect UI      {api_url.removesuffix('/api')}  (deployments, schedules, paused runs)\n"
             f"  cycle schedule  {schedule.cron or 'none (schedule.cron is empty)'}\n"
             f"  inbox           {schedule.inbox} (checked every {schedule.poll_seconds} s)\n"
-            f"  a cycle starts  when {schedule.min_new_rows} untrained row(s) wait after an ingest\n"
-            "  Ctrl-C stops"
+            f"  a cycle starts  when {schedule.min_new_rows} untrained row(s) wait after an ingest"
         )
         serve_deployments(ctx, lambda line: typer.echo(f"kaizen serve: {line}"))
     finally:

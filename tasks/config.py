@@ -339,7 +339,10 @@ class ScheduleConfig(_Section):
         2.0, ge=0, description="A file is picked up once it has not changed for this long (a copy in progress waits)"
     )
     reemit_seconds: int = Field(
-        600, ge=10, description="A file still in the inbox this long after its event is announced again"
+        60,
+        ge=10,
+        description="A file still in the inbox this long after its event, with no ingest run queued or "
+        "running for it, is announced again (an event sent before the trigger was ready is lost)",
     )
     min_new_rows: int = Field(
         1, ge=0, description="After an ingest, a cycle starts when this many rows wait untrained; 0 = never"

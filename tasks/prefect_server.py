@@ -59,6 +59,9 @@ def start(ws: Workspace) -> tuple[subprocess.Popen, str]:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=env,
+            # Its own session: Ctrl-C in the terminal reaches `kaizen serve`, which pauses its
+            # schedules through this server and then stops it, instead of both stopping at once.
+            start_new_session=True,
         )
     wait_healthy(url, proc, log_path)
     return proc, url

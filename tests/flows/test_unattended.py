@@ -24,6 +24,7 @@ from tests.conftest import REPO, TINY_CONFIG, make_workspace
 
 pytestmark = pytest.mark.timeout(900)
 
+READY = "ready; Ctrl-C stops"
 SCHEDULE = {"poll_seconds": 5, "settle_seconds": 1, "min_new_rows": 1}
 
 
@@ -62,6 +63,7 @@ class Serve:
 
     def __init__(self, ws: Path, log: Path):
         self.ws, self.log = ws, log
+        ready_before = log.read_text().count(READY) if log.exists() else 0
         with open(log, "ab") as out:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "flows.cli", "serve", "--workspace", str(ws)],
@@ -72,6 +74,8 @@ class Serve:
                 start_new_session=True,
             )
         wait_until(self.api_url, "kaizen serve to start its Prefect server", 180, log)
+        # Deployments (and the event trigger) exist once it says so; an event sent before is lost.
+        wait_until(lambda: log.read_text().count(READY) > ready_before, "kaizen serve to be ready", 120, log)
 
     def api_url(self) -> str | None:
         record = self.ws / ".kaizen" / "serve.json"
