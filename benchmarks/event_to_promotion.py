@@ -65,11 +65,10 @@ def last_run(ws: Path) -> dict:
 def time_one(ws: Path, file: Path, log: Path) -> tuple[dict[str, float], str]:
     """Seconds from submit to: submit returned, batch ingested, its cycle finished; and how the
     cycle ended (promoted, or what the gate said)."""
-    before = last_run(ws).get("finished_at")
+    before, count = last_run(ws).get("finished_at"), batches(ws)
     started = time.perf_counter()
     kaizen(ws, "submit", str(file))
     marks = {"submit returned": time.perf_counter() - started}
-    count = batches(ws)
     while batches(ws) == count:
         time.sleep(0.5)
     marks["batch ingested"] = time.perf_counter() - started
