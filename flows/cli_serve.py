@@ -5,6 +5,7 @@ after the Prefect API it must talk to is known."""
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Annotated
@@ -24,6 +25,7 @@ def serve(workspace: WorkspaceOpt = None) -> None:
     the event-triggered ingest (on PREFECT_API_URL, or on a Prefect server started here)."""
     from tasks import prefect_server
 
+    stop_on_signals()
     ctx = context(workspace)
     prefect_server.claim(ctx.ws)
     server, api_url = None, os.environ.get("PREFECT_API_URL")
@@ -49,6 +51,17 @@ def serve(workspace: WorkspaceOpt = None) -> None:
     finally:
         prefect_server.stop(ctx.ws, server)
         typer.echo("kaizen serve: stopped")
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM (a service manager, `kill`) both stop serve cleanly. A process started
+    in the background by a shell inherits SIGINT ignored, which would make it deaf to Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
 
 
 @serve_app.command()

@@ -60,8 +60,10 @@ def test_prefect_deployments_name_an_existing_entrypoint():
     assert deployments
     for deployment in deployments:
         assert deployment.get("name"), deployment
-        file, _, flow = deployment["entrypoint"].partition(":")
-        assert flow and (REPO / file).is_file(), deployment["entrypoint"]
+        # Module paths (the worker runs in the workspace directory, with kaizen installed).
+        module, _, flow = deployment["entrypoint"].partition(":")
+        assert flow and (REPO / (module.replace(".", "/") + ".py")).is_file(), deployment["entrypoint"]
+        assert f"def {flow}(" in (REPO / (module.replace(".", "/") + ".py")).read_text(), deployment["entrypoint"]
 
 
 def test_compose_services_each_have_an_image_or_build():
