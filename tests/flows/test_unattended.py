@@ -152,9 +152,12 @@ def test_serve_ingests_each_dropped_file_once_cycles_never_overlap_and_survive_k
         kaizen(ws, "submit", str(demo_files["demo-1-restaurants"]))
         (ws / "inbox").mkdir(exist_ok=True)
         shutil.copy(demo_files["demo-2-gadgets"], ws / "inbox" / "demo-2-gadgets.csv")
+        # A file that fails validation: quarantined as by `kaizen ingest`, and out of the inbox.
+        shutil.copy(demo_files["demo-3-corrupt"], ws / "inbox" / "demo-3-corrupt.csv")
         wait_until(lambda: settled(ws, api, 2) and status(ws)["champion"], "both files ingested and trained", 400, log)
         sources = [Path(e["source"]).name for e in manifest(ws)]
         assert sorted(sources) == ["demo-1-restaurants.csv", "demo-2-gadgets.csv"], sources
+        assert len(status(ws)["quarantined"]) == 1, status(ws)["quarantined"]
 
         cycles = [r for r in flow_runs(api, "continual_training") if r["state_type"] == "COMPLETED"]
         assert cycles, "no cycle ran"
