@@ -143,7 +143,7 @@ def files_being_ingested(ctx: Context) -> set[str]:
     """Inbox files of this workspace an `ingest` run is queued for or working on."""
     return {
         (run.parameters or {}).get("file")
-        for run in active_runs(ctx, INGEST_DEPLOYMENT, ("SCHEDULED", "PENDING", "RUNNING"), soon_seconds=None)
+        for run in active_runs(ctx, [INGEST_DEPLOYMENT], ("SCHEDULED", "PENDING", "RUNNING"), soon_seconds=None)
     }
 
 
@@ -176,11 +176,11 @@ def untrained_rows(ctx: Context) -> int:
 
 
 def queued_cycles(ctx: Context) -> list:
-    return active_runs(ctx, CYCLE_DEPLOYMENT, ("SCHEDULED", "PENDING"), soon_seconds=60)
+    return active_runs(ctx, [CYCLE_DEPLOYMENT], ("SCHEDULED", "PENDING"), soon_seconds=60)
 
 
-def active_runs(ctx: Context, deployment: str, states: tuple[str, ...], soon_seconds: float | None) -> list:
-    """Runs of one of this workspace's deployments in `states`; with `soon_seconds`, only those
+def active_runs(ctx: Context, deployments: list[str], states: tuple[str, ...], soon_seconds: float | None) -> list:
+    """Runs of these deployments of this workspace in `states`; with `soon_seconds`, only those
     due within that time (a cron run tomorrow is not queued work)."""
     from prefect import get_client
     from prefect.client.schemas.filters import (
@@ -195,7 +195,7 @@ def active_runs(ctx: Context, deployment: str, states: tuple[str, ...], soon_sec
     async def read() -> list:
         async with get_client() as client:
             return await client.read_flow_runs(
-                deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment])),
+                deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=deployments)),
                 flow_run_filter=FlowRunFilter(
                     state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType(s) for s in states]))
                 ),
@@ -283,9 +283,8 @@ def submit(ctx: Context, file: Path, announce: bool) -> str:
     if not announce:
         return f"{name} is in {box.where}; no Prefect API is reachable, so `watch-inbox` will announce it"
     emit([landed_event(ctx, name)])
-    present = {f.name for f in box.list()}
-    landed = [f for f in box.list() if f.name == name]
-    inbox_mod.mark_announced(ctx.ws, landed, present)
+    present = box.list()
+    inbox_mod.mark_announced(ctx.ws, [f for f in present if f.name == name], {f.name for f in present})
     return f"{name} is in {box.where}; event {LANDED} emitted"
 
 
@@ -296,14 +295,6 @@ def mark_orphans_crashed(ctx: Context, embedded: bool) -> list[str]:
     and only while no kaizen process holds the workspace (a live run always does); on a shared
     server, Prefect's own heartbeat and zombie detection is the judge."""
     from prefect import get_client
-    from prefect.client.schemas.filters import (
-        DeploymentFilter,
-        DeploymentFilterName,
-        FlowRunFilter,
-        FlowRunFilterState,
-        FlowRunFilterStateType,
-    )
-    from prefect.client.schemas.objects import StateType
     from prefect.states import Crashed
 
     from tasks.workspace import exclusive
@@ -315,24 +306,14 @@ def mark_orphans_crashed(ctx: Context, embedded: bool) -> list[str]:
             pass
     except KaizenError as busy:  # someone works in the workspace: its runs are not orphans
         return [f"runs left in flight are not marked Crashed: {busy}"]
+    deployments = [CYCLE_DEPLOYMENT, INGEST_DEPLOYMENT, WATCH_DEPLOYMENT]
+    orphans = active_runs(ctx, deployments, ("RUNNING", "PENDING"), soon_seconds=None)
+    message = "kaizen serve stopped while this run was in flight; its work was recovered or redone"
 
-    async def crash() -> list[str]:
-        lines = []
+    async def crash() -> None:
         async with get_client() as client:
-            runs = await client.read_flow_runs(
-                deployment_filter=DeploymentFilter(
-                    name=DeploymentFilterName(any_=[CYCLE_DEPLOYMENT, INGEST_DEPLOYMENT, WATCH_DEPLOYMENT])
-                ),
-                flow_run_filter=FlowRunFilter(
-                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING]))
-                ),
-            )
-            for run in runs:
-                if (run.parameters or {}).get("workspace") not in (str(ctx.ws.root), None):
-                    continue
-                message = "kaizen serve stopped while this run was in flight; its work was recovered or redone"
+            for run in orphans:
                 await client.set_flow_run_state(run.id, Crashed(message=message), force=True)
-                lines.append(f"run {run.name} ({run.id}) was in flight when serve stopped: marked Crashed")
-        return lines
 
-    return _run_async(crash())
+    _run_async(crash())
+    return [f"run {run.name} ({run.id}) was in flight when serve stopped: marked Crashed" for run in orphans]
