@@ -15,6 +15,7 @@ import typer
 from flows.cli_options import JsonOpt, SetOpt, WorkspaceOpt, context, echo_json, overrides, write_access
 from flows.cli_registry import registry_app
 from flows.cli_serve import serve_app
+from flows.cli_stack import stack_app, sync
 from tasks import quarantine
 from tasks.config import describe_config, format_config_rows
 from tasks.errors import KaizenError
@@ -33,6 +34,8 @@ app.add_typer(config_app, name="config")
 
 app.add_typer(registry_app)  # status, promote, rollback, history, lineage, report, predict
 app.add_typer(serve_app)  # serve, submit, approve, reject
+app.add_typer(stack_app, name="stack")  # up, status, down, worker
+app.command()(sync)
 
 
 @app.command()

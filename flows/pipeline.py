@@ -24,7 +24,7 @@ from prefect.runtime import flow_run
 from prefect.states import Failed, State
 
 from models.classifier import load_tokenizer
-from tasks import approval, candidate, cycle, history, promotion, registry, tracking, versioning
+from tasks import approval, candidate, cycle, history, promotion, registry, shared, tracking, versioning
 from tasks import evaluate as evaluate_mod
 from tasks import gate as gate_mod
 from tasks import ingest as ingest_mod
@@ -32,9 +32,10 @@ from tasks import train as train_mod
 from tasks import validate as validate_mod
 from tasks.context import Context
 from tasks.cycle import CyclePlan, CycleSummary
+from tasks.dataset import POOL
 from tasks.errors import KaizenError
-from tasks.featurize import featurize_batch
-from tasks.recovery import recover
+from tasks.featurize import featurize_batch, featurize_pool
+from tasks.recovery import recover, refresh_history
 from tasks.workspace import exclusive
 
 
@@ -72,6 +73,7 @@ record_history_task = _task(history.record_batch, "record-history")
 plan_task = _task(cycle.plan_cycle, "plan", **IO)
 fetch_model_task = _task(registry.download_version, "load-model", **IO)
 featurize_task = _task(featurize_batch, "featurize")
+featurize_pool_task = _task(featurize_pool, "featurize-pool")
 start_run_task = _task(tracking.start_cycle_run, "start-run", **IO)
 train_task = _task(train_mod.train_challenger, "train")
 evaluate_task = _task(evaluate_mod.evaluate_challenger, "evaluate")
@@ -93,6 +95,8 @@ withdraw_task = _task(cycle.withdraw_batches, "withdraw-batches", **IO)
 close_task = _task(cycle.close_version, "close-version", **IO)
 request_approval_task = _task(approval.request, "request-approval", **IO)
 approval_task = _task(approval.settle, "settle-approval", **IO)
+sync_task = _task(shared.sync, "sync-data-head", **IO)
+upload_quarantine_task = _task(shared.upload_quarantine, "share-quarantine", **IO)
 
 
 @contextlib.contextmanager
@@ -107,6 +111,10 @@ def prepared(workspace: str | None, overrides: dict[str, Any] | None, command: s
         versioning.init_repo(ctx.ws, ctx.config.data.remote)
         for line in recover(ctx):
             logger.warning(line)
+        synced = sync_task(ctx)  # scaled out: this workspace is a cache of the shared data head
+        if synced:
+            logger.info(synced)
+            refresh_history(ctx)
         yield ctx
 
 
@@ -124,6 +132,15 @@ def _flow_run_id() -> str:
 
 
 def ingest_one(ctx: Context, file: str, batch_id: str | None, skip_known: bool = True) -> ingest_mod.BatchInfo:
+    """Validate and version one file; scaled out, in the data's turn across hosts (validated
+    against the newest shared data head, published as the next one)."""
+    with shared.data_turn(ctx, f"ingest {file}") as synced:
+        for line in synced:
+            get_run_logger().info(line)
+        return ingest_in_turn(ctx, file, batch_id, skip_known)
+
+
+def ingest_in_turn(ctx: Context, file: str, batch_id: str | None, skip_known: bool) -> ingest_mod.BatchInfo:
     logger = get_run_logger()
     try:
         staged = stage_task(ctx.ws, ctx.config, file, batch_id)
@@ -140,13 +157,21 @@ def ingest_one(ctx: Context, file: str, batch_id: str | None, skip_known: bool =
     for line in report.warning_lines():
         logger.warning(f"validate: {staged.batch_id}: {line}")
     if not report.success:
-        raise BatchRejected(staged.batch_id, report.failure_lines(), quarantine_task(ctx.ws, staged, report))
-    info, version = accept_task(ctx.ws, staged, versioning.commit_data)
+        where = quarantine_task(ctx.ws, staged, report)
+        share_quarantine(ctx, staged.batch_id)
+        raise BatchRejected(staged.batch_id, report.failure_lines(), where)
+    info, version = accept_task(ctx.ws, staged, versioning.commit_data, ctx.config)
     record_history_task(ctx.ws, info.batch_id, ingest_mod.load_batch(ctx.ws, info.batch_id), tokenizer)
     logger.info(
         f"ingest: batch {info.batch_id} ({info.rows} rows, splits {info.split_counts}) -> data version {version}"
     )
     return info
+
+
+def share_quarantine(ctx: Context, batch_id: str) -> None:
+    where = upload_quarantine_task(ctx, batch_id)
+    if where:
+        get_run_logger().info(f"quarantine: batch {batch_id} copied to {where}")
 
 
 def publish_validation(report: validate_mod.ValidationReport, batch_id: str) -> None:
@@ -282,7 +307,7 @@ def run_cycle(ctx: Context, summary: CycleSummary, auto_promote: bool) -> None:
             champion_dir = fetch_model(ctx, plan.champion_version, scratch / "champion")
         start_from = champion_dir or ctx.config.model.base
         with timed(summary, "featurize"):
-            features = featurize_all(ctx, plan.new_batches + plan.seen_batches, start_from)
+            features = featurize_all(ctx, plan.new_batches, start_from, pool=bool(plan.seen_batches))
         summary.mlflow_run_id = run_id = start_run_task(ctx, plan.new_batches, summary.flow_run_id)
         log, log_metrics = get_run_logger().info, tracking.metric_logger(ctx, run_id)
         with timed(summary, "train"):
@@ -410,10 +435,15 @@ def fetch_model(ctx: Context, version: str | None, target: Path) -> str | None:
     return str(fetch_model_task(ctx.client, ctx.model_name, version, target))
 
 
-def featurize_all(ctx: Context, batches: list[str], tokenizer_source: str) -> dict[str, str]:
-    """Token ids of every batch the cycle reads; cached, so only never-seen batches cost anything."""
+def featurize_all(ctx: Context, batches: list[str], tokenizer_source: str, pool: bool = False) -> dict[str, str]:
+    """Token ids of the new batches and, for replay and regression, of the pool (never of every
+    earlier batch); cached, so only never-seen content costs anything."""
     tokenizer = load_tokenizer(tokenizer_source)
-    return {b: featurize_task(ctx.ws, b, tokenizer, ctx.config.model.max_length).path for b in batches}
+    max_length = ctx.config.model.max_length
+    features = {b: featurize_task(ctx.ws, b, tokenizer, max_length).path for b in batches}
+    if pool:
+        features[POOL] = featurize_pool_task(ctx.ws, tokenizer, max_length).path
+    return features
 
 
 def announce_decision(
@@ -457,7 +487,12 @@ def settle_batches(
     fate = cycle.batch_fate(decision)
     logger = get_run_logger()
     if fate == "withdrawn":
-        summary.data_version = withdraw_task(ctx, plan.new_batches, version, decision.to_json())
+        with shared.data_turn(ctx, "withdraw batches") as synced:
+            for line in synced:
+                logger.info(line)
+            summary.data_version = withdraw_task(ctx, plan.new_batches, version, decision.to_json())
+        for batch_id in plan.new_batches:
+            share_quarantine(ctx, batch_id)
         summary.withdrawn = plan.new_batches
         logger.info(
             f"data: the gate's failures implicate the data; batches {plan.new_batches} withdrawn to "

@@ -25,6 +25,7 @@ from tasks.registry import (
     move_champion,
     record_event,
 )
+from tasks.shared import champion_guard
 
 STATE_TAG = "kaizen.approval"  # waiting | approved | rejected
 RUN_TAG = "kaizen.approval.flow_run"
@@ -98,17 +99,24 @@ def settle(ctx: Context, version: str, compared_with: str | None, answer: Answer
     if answer.decision == "approve":
         try:
             entry = move_champion(
-                ctx.client, ctx.ws, ctx.model_name, version, compared_with, "approve", answer.reason, who=answer.who
+                ctx.client,
+                champion_guard(ctx),
+                ctx.model_name,
+                version,
+                compared_with,
+                "approve",
+                answer.reason,
+                who=answer.who,
             )
         except StaleChampionError as exc:
             why = f"approved by {answer.who} ({answer.reason}), but refused: {exc}"
-            entry = record_event(ctx.ws, ctx.client, ctx.model_name, "reject", compared_with, version, why)
+            entry = record_event(champion_guard(ctx), ctx.client, ctx.model_name, "reject", compared_with, version, why)
             _mark(ctx, version, "rejected")
             return entry
         _mark(ctx, version, "approved")
         return entry
     entry = record_event(
-        ctx.ws, ctx.client, ctx.model_name, "reject", compared_with, version, answer.reason, who=answer.who
+        champion_guard(ctx), ctx.client, ctx.model_name, "reject", compared_with, version, answer.reason, who=answer.who
     )
     _mark(ctx, version, "rejected")
     return entry

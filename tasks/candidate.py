@@ -16,6 +16,7 @@ from tasks.evaluate import Evaluation
 from tasks.gate import GateDecision, decide_accumulated
 from tasks.lineage import MAX_REASONS_CHARS, Lineage, tag, tag_value
 from tasks.registry import CANDIDATE, ModelRef, get_alias, move_champion, record_event
+from tasks.shared import champion_guard
 
 EVALUATION_FILE = "evaluation.json"
 
@@ -29,7 +30,7 @@ def hold(ctx: Context, version: str, run_id: str, batches: list[str], decision: 
     set_lineage(ctx, version, evidence_runs=[run_id], evidence_batches=list(batches))
     ctx.client.set_registered_model_alias(ctx.model_name, CANDIDATE, version)
     record_event(
-        ctx.ws,
+        champion_guard(ctx),
         ctx.client,
         ctx.model_name,
         "hold",
@@ -76,7 +77,7 @@ def record_look(ctx: Context, candidate: ModelRef, run_id: str, batches: list[st
     runs = [*lineage.evidence_runs, run_id]
     set_lineage(ctx, candidate.version, evidence_runs=runs, evidence_batches=[*lineage.evidence_batches, *batches])
     record_event(
-        ctx.ws,
+        champion_guard(ctx),
         ctx.client,
         ctx.model_name,
         "evidence",
@@ -99,11 +100,19 @@ def conclude(ctx: Context, candidate: ModelRef, decision: GateDecision, auto_pro
     if decision.passed:
         looks = len(lineage_of(ctx, version).evidence_runs)
         move_champion(
-            client, ctx.ws, name, version, parent, "promote", f"gate passed on evidence pooled over {looks} looks"
+            client,
+            champion_guard(ctx),
+            name,
+            version,
+            parent,
+            "promote",
+            f"gate passed on evidence pooled over {looks} looks",
         )
         return "promoted"
     set_lineage(ctx, version, batches_pending=True)
-    record_event(ctx.ws, client, name, "drop-candidate", parent, version, "; ".join(decision.reasons)[:500])
+    record_event(
+        champion_guard(ctx), client, name, "drop-candidate", parent, version, "; ".join(decision.reasons)[:500]
+    )
     return "rejected"
 
 
@@ -116,7 +125,7 @@ def drop_if_stale(ctx: Context, candidate: ModelRef, champion: str | None) -> bo
     ctx.client.delete_registered_model_alias(ctx.model_name, CANDIDATE)
     set_lineage(ctx, candidate.version, batches_pending=True)
     record_event(
-        ctx.ws,
+        champion_guard(ctx),
         ctx.client,
         ctx.model_name,
         "drop-candidate",

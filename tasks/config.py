@@ -32,7 +32,7 @@ CONFIG_FILE = "kaizen.yaml"
 ENV_PREFIX = "KAIZEN_"
 ENV_NESTED_DELIMITER = "__"
 # Environment variables with this prefix that are not config fields.
-NON_CONFIG_ENV = {"KAIZEN_WORKSPACE", "KAIZEN_USER"}
+NON_CONFIG_ENV = {"KAIZEN_WORKSPACE", "KAIZEN_USER", "KAIZEN_HOST", "KAIZEN_STACK_POSTGRES", "KAIZEN_STACK_PG_USER"}
 
 
 class ConfigError(KaizenError, ValueError):
@@ -76,6 +76,22 @@ class RemoteConfig(_Section):
         return url
 
 
+class PoolConfig(_Section):
+    """The replay and regression pool: a bounded sample of every accepted batch, kept incrementally.
+
+    Each split keeps at most its number of rows, allocated to (batch, label) strata in proportion
+    to their sizes, so replay and the regression set never read every earlier batch.
+    """
+
+    train_rows: int = Field(
+        4000, ge=1, description="Train-split rows kept for replay (at least train.replay_max_rows makes sense)"
+    )
+    validation_rows: int = Field(1000, ge=1, description="Validation-split rows kept for replayed validation")
+    test_rows: int = Field(
+        5000, ge=1, description="Test-split rows kept for the regression set (at least evaluate.regression_max_rows)"
+    )
+
+
 class DataConfig(_Section):
     split: SplitConfig = Field(SplitConfig(), description="Fractions of the hash-based train/validation/test split")
     slice_columns: list[str] = Field(
@@ -84,6 +100,7 @@ class DataConfig(_Section):
     remote: RemoteConfig = Field(
         RemoteConfig(), description="DVC remote for the data; credentials come from the environment, never config"
     )
+    pool: PoolConfig = Field(PoolConfig(), description="Bounded samples of history for replay and regression")
 
 
 class DriftLimit(_Section):
@@ -305,6 +322,38 @@ class RegistryConfig(_Section):
     tracking_uri: str = Field("", description="MLflow tracking URI; empty = SQLite at .kaizen/mlflow.db")
 
 
+class SharedConfig(_Section):
+    """Scaled out: the PostgreSQL database every host shares (`kaizen stack up` writes it).
+
+    With it, the data head (which data version is current) lives in a table there, every data
+    change and every champion move holds a PostgreSQL advisory lock, and a workspace is a cache
+    synced from the shared stores at the start of each flow run. Empty = one machine.
+    """
+
+    database_url: str = Field(
+        "",
+        description="postgresql://user@host:port/db shared by every host; no password here (use PGPASSWORD "
+        "or ~/.pgpass); empty = not shared",
+    )
+    lock_timeout: float = Field(
+        300.0, gt=0, description="Seconds to wait for another host's data change or promotion before giving up"
+    )
+
+    @field_validator("database_url")
+    @classmethod
+    def _no_password(cls, url: str) -> str:
+        from urllib.parse import urlparse
+
+        if not url:
+            return url
+        parts = urlparse(url)
+        if parts.scheme not in ("postgresql", "postgres"):
+            raise ValueError("must be a postgresql:// URL")
+        if parts.password:
+            raise ValueError("holds a password; give it through PGPASSWORD or ~/.pgpass, never in config")
+        return url
+
+
 class ServeConfig(_Section):
     """`kaizen serve-model`: the prediction service that follows `@champion`."""
 
@@ -361,6 +410,7 @@ class KaizenConfig(_Section):
     registry: RegistryConfig = Field(RegistryConfig(), description="MLflow model registry")
     serve: ServeConfig = Field(ServeConfig(), description="The prediction service (`kaizen serve-model`)")
     schedule: ScheduleConfig = Field(ScheduleConfig(), description="Unattended runs (`kaizen serve`)")
+    shared: SharedConfig = Field(SharedConfig(), description="Stores shared by every host when scaled out")
 
     @field_validator("labels")
     @classmethod

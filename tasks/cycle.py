@@ -10,9 +10,9 @@ from typing import Literal
 
 from tasks.context import Context
 from tasks.gate import GateDecision, implicates_data
-from tasks.ingest import batch_ids
+from tasks.ingest import read_manifest
 from tasks.lineage import Lineage, tag
-from tasks.registry import CHAMPION, get_alias, get_version, git_sha, list_versions
+from tasks.registry import CHAMPION, get_alias, get_version, git_sha, list_versions, versions_newest_first
 from tasks.workspace import Workspace
 
 Fate = Literal["kept", "pending", "withdrawn"]
@@ -69,18 +69,53 @@ def learned_batches(client, name: str, version: str | None) -> list[str]:
     return batches
 
 
+# Versions created this long before a batch was ingested are not searched for having consumed it:
+# a margin for clocks of different hosts, not a limit on how long a cycle may run.
+CLOCK_MARGIN_MS = 3600 * 1000
+
+
+def consumed_since(client, name: str, since_ms: float) -> set[str]:
+    """Batches consumed by versions created after `since_ms`, newest first, page by page: a
+    batch can only be consumed by a version registered after it was ingested, so planning reads
+    the versions of recent cycles, not every version ever registered."""
+    consumed: set[str] = set()
+    for ref in versions_newest_first(client, name):
+        if ref.created_ms < since_ms:
+            break
+        consumed.update(Lineage.from_tags(ref.tags).consumed_batches)
+    return consumed
+
+
 def plan_cycle(ctx: Context) -> CyclePlan:
-    """New = ingested but never consumed by a registered version (pending ones are not consumed)."""
-    consumed = {
-        b for ref in list_versions(ctx.client, ctx.model_name) for b in Lineage.from_tags(ref.tags).consumed_batches
-    }
-    present = batch_ids(ctx.ws)
+    """New = ingested but never consumed by a registered version (pending ones are not consumed).
+
+    Reads the champion's own batch list (one registry call) and only the versions registered
+    since the oldest batch the champion has not learned, so its cost does not grow with history.
+    """
+    manifest = read_manifest(ctx.ws)
+    present = [e["batch_id"] for e in manifest]
     champion = get_alias(ctx.client, ctx.model_name, CHAMPION)
     version = champion.version if champion else None
+    lineage = Lineage.from_tags(champion.tags) if champion else Lineage()
+    learned = (
+        lineage.batch_ids if lineage.batch_ids or not version else learned_batches(ctx.client, ctx.model_name, version)
+    )
     # A batch withdrawn after its challenger was rejected can still sit in a lineage when
     # that challenger was force-promoted; it is neither replayed nor used for regression.
-    seen = [b for b in learned_batches(ctx.client, ctx.model_name, version) if b in set(present)]
-    return CyclePlan([b for b in present if b not in consumed], seen, version)
+    known, here = set(learned), set(present)
+    seen = [b for b in learned if b in here]
+    unlearned = [e for e in manifest if e["batch_id"] not in known]
+    if not unlearned:
+        return CyclePlan([], seen, version)
+    since = min(_epoch_ms(e.get("ingested_at")) for e in unlearned) - CLOCK_MARGIN_MS
+    consumed = consumed_since(ctx.client, ctx.model_name, since)
+    return CyclePlan([e["batch_id"] for e in unlearned if e["batch_id"] not in consumed], seen, version)
+
+
+def _epoch_ms(stamp: str | None) -> float:
+    if not stamp:
+        return 0.0  # unknown: search every version
+    return datetime.fromisoformat(stamp).timestamp() * 1000
 
 
 def batch_fate(decision: GateDecision) -> Fate:
@@ -131,9 +166,8 @@ def settle_unfinished(ctx: Context) -> list[str]:
 
     acted_on = {ref.version for alias in (CHAMPION, CANDIDATE) if (ref := get_alias(ctx.client, ctx.model_name, alias))}
     done = []
-    for ref in list_versions(ctx.client, ctx.model_name):
-        if Lineage.from_tags(ref.tags).cycle_state != "open":
-            continue
+    # One tag query, not a read of every version: recovery runs before every command.
+    for ref in list_versions(ctx.client, ctx.model_name, f"tags.`{tag('cycle_state')}` = 'open'"):
         state = "done" if ref.version in acted_on else "abandoned"
         ctx.client.set_model_version_tag(ctx.model_name, ref.version, tag("cycle_state"), state)
         done.append(f"registry: v{ref.version} was left by an interrupted cycle; marked {state}")
@@ -150,7 +184,7 @@ def withdraw_batches(ctx: Context, batches: list[str], version: str, gate_json: 
     with versioning.changing_data(ctx.ws):  # a kill in here is undone (or finished) by the next command
         for batch_id in batches:
             batch = ingest.load_batch(ctx.ws, batch_id)
-            ingest.withdraw_batch(ctx.ws, batch_id, f"gate rejected v{version}", gate_json)
+            ingest.withdraw_batch(ctx.ws, batch_id, f"gate rejected v{version}", gate_json, ctx.config)
             history.forget_batch(ctx.ws, batch_id, batch, tokenizer)
         return versioning.commit_data(ctx.ws)
 

@@ -38,16 +38,32 @@ class Examples:
         )
 
 
+# The key of the pool's token ids in a cycle's feature map (a batch id cannot contain "<").
+POOL = "<pool>"
+
+
 def load_examples(ws: Workspace, batch_id: str, feature_file: str, labels: list[str]) -> Examples:
-    frame = pd.read_parquet(ws.batch_path(batch_id))
-    ids = load_features(feature_file)
+    frame = pd.read_parquet(ws.batch_path(batch_id)).assign(batch_id=batch_id)
+    return _examples(frame, load_features(feature_file), labels, f"batch {batch_id}")
+
+
+def load_pool(ws: Workspace, feature_file: str, labels: list[str], batches: list[str]) -> Examples:
+    """The pooled rows of `batches` (tasks/pool.py): bounded, however long the history."""
+    from tasks.pool import pool_path
+
+    frame = pd.read_parquet(pool_path(ws))
+    examples = _examples(frame.drop(columns=["pool_key"]), load_features(feature_file), labels, "the pool")
+    return examples.take(np.flatnonzero(examples.meta["batch_id"].isin(set(batches)).to_numpy()))
+
+
+def _examples(frame: pd.DataFrame, ids: list[np.ndarray], labels: list[str], what: str) -> Examples:
     if len(ids) != len(frame):
-        raise ValueError(f"features of batch {batch_id} have {len(ids)} rows, the batch has {len(frame)}")
+        raise ValueError(f"features of {what} have {len(ids)} rows, it has {len(frame)}")
     index = {name: i for i, name in enumerate(labels)}
     unknown = sorted(set(frame["label"]) - set(index))
     if unknown:
-        raise ValueError(f"batch {batch_id} has labels {unknown} outside the configured set {labels}")
-    meta = frame.drop(columns=["label"]).assign(batch_id=batch_id, label=frame["label"])
+        raise ValueError(f"{what} has labels {unknown} outside the configured set {labels}")
+    meta = frame.drop(columns=["label"]).assign(label=frame["label"])
     return Examples(ids, frame["label"].map(index).to_numpy(dtype=np.int64), meta)
 
 
@@ -87,13 +103,14 @@ def training_sets(
     replay_max_rows: int,
     seed: int,
 ) -> tuple[Examples, Examples, int]:
-    """(train, validation, replayed rows): new rows plus a seeded, stratified replay sample."""
+    """(train, validation, replayed rows): new rows plus a seeded, stratified replay sample of
+    the pooled rows of `seen_batches` (`features[POOL]` holds the pool's token ids)."""
     new = load_many(ws, new_batches, features, labels)
     train, validation = split_of(new, "train"), split_of(new, "validation")
     train.meta = train.meta.assign(replayed=False)
     replayed = 0
     if seen_batches:
-        old = load_many(ws, seen_batches, features, labels)
+        old = load_pool(ws, features[POOL], labels, seen_batches)
         n = replay_size(len(train), replay_fraction, replay_max_rows)
         replay = stratified_sample(split_of(old, "train"), n, seed)
         replay.meta = replay.meta.assign(replayed=True)
@@ -116,13 +133,13 @@ def evaluation_sets(
 ) -> dict[str, Examples]:
     """Frozen sets: `new` (test split of the new batches), `regression` (of every earlier one).
 
-    The regression set takes the test split of *every* earlier batch, so its power grows with
-    history; past `regression_max_rows` it is a seeded sample stratified by (batch, label), so
-    no batch or class drops out and the cost stays bounded.
+    The regression set is the pooled test rows of every earlier batch (a sample stratified by
+    batch and label, `data.pool.test_rows`), so its power grows with history while its cost
+    stays bounded; past `regression_max_rows` it is sampled again by (batch, label).
     """
     sets = {"new": split_of(load_many(ws, new_batches, features, labels), "test")}
     if seen_batches:
-        regression = split_of(load_many(ws, seen_batches, features, labels), "test")
+        regression = split_of(load_pool(ws, features[POOL], labels, seen_batches), "test")
         if regression_max_rows is not None:
             regression = sample_by_batch_and_label(regression, regression_max_rows, seed)
         sets["regression"] = regression

@@ -75,6 +75,22 @@ def featurize_batch(ws: Workspace, batch_id: str, tokenizer, max_length: int) ->
     return FeatureInfo(batch_id, str(path), len(texts), cached=False)
 
 
+def featurize_pool(ws: Workspace, tokenizer, max_length: int) -> FeatureInfo:
+    """Token ids of the pool (tasks/pool.py), cached by its content like a batch's: bounded
+    in size, so re-tokenizing it after each ingest costs the same however long the history."""
+    import pandas as pd
+
+    from tasks.pool import pool_path, pool_sha
+
+    path = feature_path(ws, pool_sha(ws), tokenizer_fingerprint(tokenizer), max_length)
+    texts = None
+    if not path.exists():
+        texts = pd.read_parquet(pool_path(ws), columns=["text"])["text"].tolist()
+        ids, offsets = tokenize_texts(texts, tokenizer, max_length)
+        write_features(path, ids, offsets)
+    return FeatureInfo("<pool>", str(path), -1 if texts is None else len(texts), cached=texts is None)
+
+
 def write_features(path: Path, ids: np.ndarray, offsets: np.ndarray) -> None:
     """Write the cache file atomically; a failed write (a full disk) leaves no file at `path`
     and no temporary beside it (write_atomic), and becomes one line naming the file."""

@@ -81,9 +81,27 @@ def load_history(ws: Workspace, tokenizer) -> tuple[History, np.ndarray]:
     if stats_path.exists() and keys_path.exists():
         raw = json.loads(stats_path.read_text())
         history = History(raw["batches"], BatchStats(**raw["stats"]))
-        if history.batches == [e["batch_id"] for e in read_manifest(ws)]:
+        manifest = [e["batch_id"] for e in read_manifest(ws)]
+        if history.batches == manifest:
             return history, np.load(keys_path, allow_pickle=False)
+        known = set(manifest)
+        if all(b in known for b in history.batches):
+            # Batches other hosts added (a synced data head): read those only, not history.
+            return _extend(ws, history, np.load(keys_path, allow_pickle=False), manifest, tokenizer)
     return rebuild_history(ws, tokenizer)
+
+
+def _extend(ws: Workspace, history: History, keys: np.ndarray, manifest: list[str], tokenizer):
+    had, parts = set(history.batches), [keys]
+    for batch_id in manifest:
+        if batch_id not in had:
+            batch = pd.read_parquet(ws.batch_path(batch_id))
+            history.stats.add(batch_stats(batch, tokenizer))
+            parts.append(_test_keys(batch))
+    history.batches = list(manifest)
+    merged = np.sort(np.concatenate(parts))
+    _save(ws, history, merged)
+    return history, merged
 
 
 def _save(ws: Workspace, history: History, keys: np.ndarray) -> None:

@@ -304,41 +304,47 @@ def stage_file(ws: Workspace, config: KaizenConfig, file: Path | str, batch_id: 
     return StagedBatch(batch_id, str(staged), len(batch), sha, source, extra)
 
 
-def accept_batch(ws: Workspace, staged: StagedBatch, commit) -> tuple[BatchInfo, str]:
-    """Move a validated batch into data/ and version it with `commit` (dvc add + push).
+def accept_batch(ws: Workspace, staged: StagedBatch, commit, config: KaizenConfig) -> tuple[BatchInfo, str]:
+    """Move a validated batch into data/, add it to the pool and version both with `commit`
+    (dvc add + push).
 
-    If versioning fails the batch is taken out again and data.dvc restored, so the data
-    version on disk never names a batch the remote does not hold.
+    If versioning fails the batch is taken out again and data.dvc, the manifest and the pool
+    restored, so the data version on disk never names a batch the remote does not hold.
     """
+    from tasks import pool
+
     batch = pd.read_parquet(staged.path)
-    saved = {p: (p.read_text() if p.exists() else None) for p in (ws.dvc_file, ws.manifest)}
+    kept = (ws.dvc_file, ws.manifest, pool.pool_path(ws), pool.strata_path(ws))
+    saved = {p: (p.read_bytes() if p.exists() else None) for p in kept}
     with changing_data(ws):  # a kill in here is undone (or finished) by the next command
         info = write_batch(ws, staged.batch_id, batch, staged.sha256, staged.source)
         try:
+            pool.add_batch(ws, staged.batch_id, batch, config)
             version = commit(ws)
         except Exception:
             ws.batch_path(staged.batch_id).unlink(missing_ok=True)
-            for path, text in saved.items():
-                if text is None:
+            for path, content in saved.items():
+                if content is None:
                     path.unlink(missing_ok=True)
                 else:
-                    path.write_text(text)
+                    path.write_bytes(content)
             raise
     Path(staged.path).unlink(missing_ok=True)
     return info, version
 
 
-def withdraw_batch(ws: Workspace, batch_id: str, reason: str, report_json: str) -> Path:
+def withdraw_batch(ws: Workspace, batch_id: str, reason: str, report_json: str, config: KaizenConfig) -> Path:
     """Move an ingested batch out of data/ into quarantine (e.g. after the gate rejected it).
 
     The data version that held it stays in the DVC remote, so the rejected model's lineage can
     still be restored; the batch itself can be re-submitted after review.
     """
-    from tasks import quarantine
+    from tasks import pool, quarantine
 
     entry = next((e for e in read_manifest(ws) if e["batch_id"] == batch_id), {})
     target = quarantine.put_file(
         ws, batch_id, ws.batch_path(batch_id), report_json, f"{entry.get('source', '?')}\nwithdrawn: {reason}"
     )
     remove_batch(ws, batch_id)
+    pool.remove_batch(ws, batch_id, config)
     return target

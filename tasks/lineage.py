@@ -111,17 +111,36 @@ def tag(field_name: str) -> str:
     return PREFIX + field_name
 
 
+# A list longer than this is written compressed: a champion's batch list grows with history
+# (a thousand batch ids outgrow MLflow's 8,000-character tag value), and the planner reads it
+# in one call instead of walking the lineage chain.
+MAX_PLAIN_LIST_CHARS = 4000
+_PACKED = "zlib64:"
+
+
 def tag_value(value: object) -> str:
     """A field value as its tag writes it (lists comma-joined, booleans "true"/"")."""
     if isinstance(value, list):
-        return ",".join(value)
+        joined = ",".join(value)
+        if len(joined) <= MAX_PLAIN_LIST_CHARS:
+            return joined
+        import base64
+        import zlib
+
+        return _PACKED + base64.b64encode(zlib.compress(joined.encode(), 9)).decode()
     if isinstance(value, bool):
         return "true" if value else ""
     return "" if value is None else str(value)
 
 
 def split_ids(value: str | None) -> list[str]:
-    return [b for b in (value or "").split(",") if b]
+    value = value or ""
+    if value.startswith(_PACKED):
+        import base64
+        import zlib
+
+        value = zlib.decompress(base64.b64decode(value[len(_PACKED) :])).decode()
+    return [b for b in value.split(",") if b]
 
 
 def describe_version(ctx, version: str) -> dict:

@@ -10,6 +10,7 @@ from tasks.context import Context
 from tasks.errors import KaizenError
 from tasks.lineage import Lineage
 from tasks.registry import CHAMPION, LedgerEntry, ModelRef, get_alias, get_version, move_champion, previous_champion
+from tasks.shared import champion_guard
 
 
 def current_champion(ctx: Context) -> str | None:
@@ -36,7 +37,7 @@ def manual_promotion_problem(ref: ModelRef, current_champion: str | None) -> str
 def promote_after_gate(ctx: Context, version: str, compared_with: str | None) -> LedgerEntry:
     """The cycle's own promotion: only if the champion is still the one the gate compared with."""
     why = "bootstrap: first model" if compared_with is None else "gate passed"
-    return move_champion(ctx.client, ctx.ws, ctx.model_name, version, compared_with, "promote", why)
+    return move_champion(ctx.client, champion_guard(ctx), ctx.model_name, version, compared_with, "promote", why)
 
 
 def promote_by_hand(ctx: Context, version: str, reason: str, force: bool) -> LedgerEntry:
@@ -50,11 +51,11 @@ def promote_by_hand(ctx: Context, version: str, reason: str, force: bool) -> Led
         raise KaizenError(f"v{version}: {problem}; use --force to promote anyway (the override is recorded)")
     action = "forced-promote" if problem else "manual-promote"
     why = f"{reason} [override: {problem}]" if problem else reason
-    return move_champion(ctx.client, ctx.ws, ctx.model_name, version, current, action, why)
+    return move_champion(ctx.client, champion_guard(ctx), ctx.model_name, version, current, action, why)
 
 
 def roll_back(ctx: Context, reason: str) -> LedgerEntry:
     """`kaizen rollback`: the champion before the current one (rollbacks walk further back)."""
     current = current_champion(ctx)
     target = previous_champion(ctx.client, ctx.model_name)
-    return move_champion(ctx.client, ctx.ws, ctx.model_name, target, current, "rollback", reason)
+    return move_champion(ctx.client, champion_guard(ctx), ctx.model_name, target, current, "rollback", reason)

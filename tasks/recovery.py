@@ -31,6 +31,9 @@ def recover(ctx: Context, registry: bool = True) -> list[str]:
         done += release_restored(ctx.ws)
         refresh_history(ctx)
     clear_staging(ctx.ws)
+    pooled = build_missing_pool(ctx)
+    if pooled:
+        done.append(pooled)
     if registry:
         done += recover_registry(ctx)
     return done
@@ -38,11 +41,12 @@ def recover(ctx: Context, registry: bool = True) -> list[str]:
 
 def recover_registry(ctx: Context) -> list[str]:
     from tasks import cycle, registry
+    from tasks.shared import champion_guard
 
     if not ctx.config.registry.tracking_uri and not ctx.ws.mlflow_db.exists():
         return []  # no registry yet, nothing to recover; connecting would create (and log) one
     done = []
-    move = registry.finish_interrupted_move(ctx.client, ctx.ws, ctx.model_name)
+    move = registry.finish_interrupted_move(ctx.client, champion_guard(ctx), ctx.model_name)
     if move:
         done.append(
             f"registry: finished the interrupted move of champion v{move.from_version or '-'} -> v{move.to_version} "
@@ -50,6 +54,19 @@ def recover_registry(ctx: Context) -> list[str]:
         )
     done += cycle.settle_unfinished(ctx)  # after the move: a version just made champion is done
     return done
+
+
+def build_missing_pool(ctx: Context) -> str | None:
+    """A workspace from before the replay pool gets one (reading every batch, once)."""
+    from tasks import pool, versioning
+
+    if pool.pool_path(ctx.ws).exists() or not ctx.ws.manifest.exists():
+        return None
+    with versioning.changing_data(ctx.ws):
+        if not pool.ensure_pool(ctx.ws, ctx.config):
+            return None
+        version = versioning.commit_data(ctx.ws)
+    return f"data: built the replay pool (data/pool.parquet) from every batch; data version {version}"
 
 
 def refresh_history(ctx: Context) -> None:

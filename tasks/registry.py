@@ -61,6 +61,7 @@ class ModelRef:
     version: str
     run_id: str | None
     tags: dict[str, str]
+    created_ms: int = 0
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,10 @@ def ensure_experiment(client, ws: Workspace, config: KaizenConfig, name: str | N
     found = client.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
+    if tracking_uri(ws, config).startswith(("http://", "https://")):
+        # A tracking server decides where artifacts go (its proxied store, S3 when scaled out);
+        # a local path would be unreadable from every other host.
+        return client.create_experiment(name)
     return client.create_experiment(name, artifact_location=(ws.mlflow_artifacts / name).as_uri())
 
 
@@ -116,7 +121,7 @@ def get_alias(client, name: str, alias: str) -> ModelRef | None:
         mv = client.get_model_version_by_alias(name, alias)
     except MlflowException:
         return None
-    return ModelRef(name, str(mv.version), mv.run_id, dict(mv.tags))
+    return _ref(mv)
 
 
 def get_version(client, name: str, version: str) -> ModelRef:
@@ -126,15 +131,42 @@ def get_version(client, name: str, version: str) -> ModelRef:
         mv = client.get_model_version(name, str(version))
     except MlflowException:
         raise RegistryError(f"model {name} has no version {version}") from None
-    return ModelRef(name, str(mv.version), mv.run_id, dict(mv.tags))
+    return _ref(mv)
 
 
-def list_versions(client, name: str) -> list[ModelRef]:
+def _ref(mv) -> ModelRef:
+    return ModelRef(mv.name, str(mv.version), mv.run_id, dict(mv.tags), int(mv.creation_timestamp or 0))
+
+
+def list_versions(client, name: str, where: str = "") -> list[ModelRef]:
+    """Every version (or those matching the extra filter `where`), oldest first."""
     if not _model_exists(client, name):
         return []
-    found = client.search_model_versions(f"name='{name}'")
-    refs = [ModelRef(name, str(mv.version), mv.run_id, dict(mv.tags)) for mv in found]
+    query = f"name='{name}'" + (f" and {where}" if where else "")
+    refs, token = [], None
+    while True:
+        page = client.search_model_versions(query, max_results=1000, page_token=token)
+        refs += [_ref(mv) for mv in page]
+        token = getattr(page, "token", None)
+        if not token:
+            break
     return sorted(refs, key=lambda r: int(r.version))
+
+
+def versions_newest_first(client, name: str, page_size: int = 50):
+    """Versions from the newest back, fetched a page at a time, so a reader that stops early
+    (the planner looking for recent cycles) does not fetch every version ever registered."""
+    if not _model_exists(client, name):
+        return
+    token = None
+    while True:
+        page = client.search_model_versions(
+            f"name='{name}'", max_results=page_size, order_by=["version_number DESC"], page_token=token
+        )
+        yield from (_ref(mv) for mv in page)
+        token = getattr(page, "token", None)
+        if not token:
+            return
 
 
 def download_model(client, ref: ModelRef, target: Path) -> Path:
@@ -260,7 +292,7 @@ def register_challenger(
     # Other processes may be registering against the same store right now (see _with_retries).
     _with_retries(lambda: _ensure_registered_model(client, name), store, f"creating registered model {name}")
     mv = _with_retries(
-        lambda: client.create_model_version(name, info.model_uri, run_id=run_id, tags=tags),
+        lambda: client.create_model_version(name, info.model_uri, run_id=run_id, tags=tags, model_id=info.model_id),
         store,
         f"creating a version of {name}",
     )
@@ -365,8 +397,24 @@ def write_ledger_entry(client, name: str, entry: LedgerEntry) -> None:
     client.set_registered_model_tag(name, f"{LEDGER_PREFIX}{entry.seq:06d}", json.dumps(entry.__dict__))
 
 
+def _turn(guard):
+    """The lock that orders champion moves and ledger entries: a workspace means its file lock
+    (one host); anything else is a factory of a shared lock (tasks/shared.py: champion_guard)."""
+    if isinstance(guard, Workspace):
+        guard.state.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(guard.promote_lock), timeout=120)
+    return guard()
+
+
+def _confirm(held) -> None:
+    # A shared lock can be lost with its connection; a file lock cannot.
+    confirm = getattr(held, "confirm", None)
+    if callable(confirm):
+        confirm()
+
+
 def record_event(
-    ws: Workspace,
+    ws,
     client,
     name: str,
     action: str,
@@ -376,17 +424,18 @@ def record_event(
     who: str | None = None,
 ) -> LedgerEntry:
     """A ledger entry that moves no alias (a challenger held as candidate, a look at its evidence),
-    written under the same lock as champion moves so sequence numbers never collide."""
-    ws.state.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(ws.promote_lock), timeout=120):
+    written under the same lock as champion moves so sequence numbers never collide.
+    `ws` is the workspace or a shared lock (see `_turn`)."""
+    with _turn(ws) as held:
         entry = next_ledger_entry(client, name, action, from_version, to_version, why, who)
+        _confirm(held)
         write_ledger_entry(client, name, entry)
     return entry
 
 
 def move_champion(
     client,
-    ws: Workspace,
+    ws,
     name: str,
     to_version: str,
     expected_champion: str | None,
@@ -394,10 +443,12 @@ def move_champion(
     why: str,
     who: str | None = None,
 ) -> LedgerEntry:
-    """Move `champion` to `to_version` if it still points at `expected_champion`; log it."""
+    """Move `champion` to `to_version` if it still points at `expected_champion`; log it.
+
+    `ws` is the workspace (a file lock) or a shared lock (see `_turn`): the re-read and the
+    write happen under it, so this is a compare-and-set for every process that takes it."""
     get_version(client, name, to_version)  # fails clearly on an unknown version
-    ws.state.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(ws.promote_lock), timeout=120):
+    with _turn(ws) as held:
         _finish_move(client, name)  # a move a killed process recorded but did not make comes first
         current = get_alias(client, name, CHAMPION)
         current_version = current.version if current else None
@@ -407,6 +458,7 @@ def move_champion(
                 "nothing was moved"
             )
         entry = next_ledger_entry(client, name, action, current_version, str(to_version), why, who)
+        _confirm(held)
         # Ledger first: a crash between the two writes leaves a recorded intent, never an
         # unrecorded move.
         write_ledger_entry(client, name, entry)
@@ -446,15 +498,14 @@ def _finish_move(client, name: str) -> LedgerEntry | None:
     return move
 
 
-def finish_interrupted_move(client, ws: Workspace, name: str) -> LedgerEntry | None:
+def finish_interrupted_move(client, ws, name: str) -> LedgerEntry | None:
     """Complete a champion move that a killed process recorded in the ledger but did not make.
 
     The ledger entry is written first (see `move_champion`), so it is the intent of record; the
     next command carries it out, under the same lock as every move."""
     if not _model_exists(client, name):
         return None
-    ws.state.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(ws.promote_lock), timeout=120):
+    with _turn(ws):
         return _finish_move(client, name)
 
 

@@ -437,12 +437,13 @@ def roll_back_data(ws: Workspace) -> Path | None:
 
     committed = committed_files(ws)
     present = [p for p in ws.data.rglob("*") if p.is_file()] if ws.data.exists() else []
-    # Batches are immutable, so only extra files and a rewritten manifest can differ.
+    # Batches are immutable, so only extra files and a rewritten manifest or pool can differ.
+    rewritable = {ws.manifest, ws.data / "pool.parquet", ws.data / "pool.json"}
     displaced = [
         p
         for p in present
         if (rel := p.relative_to(ws.data).as_posix()) not in committed
-        or (p == ws.manifest and _md5_of(p) != committed[rel])
+        or (p in rewritable and _md5_of(p) != committed[rel])
     ]
     kept = None
     if displaced:

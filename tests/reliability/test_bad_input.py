@@ -114,11 +114,11 @@ def test_failed_push_rolls_the_batch_back(workspace, monkeypatch):
         raise versioning.VersioningError("simulated: remote unreachable")
 
     with pytest.raises(versioning.VersioningError):
-        accept_batch(ws, staged, failing_commit)
+        accept_batch(ws, staged, failing_commit, config)
     assert (ws.dvc_file.read_text() if ws.dvc_file.exists() else None, tree_snapshot(ws.data)) == before
     assert read_manifest(ws) == []
     # The staged file is still there, so the same batch can be accepted on a retry.
-    info, version = accept_batch(ws, staged, versioning.commit_data)
+    info, version = accept_batch(ws, staged, versioning.commit_data, config)
     assert info.batch_id == "good" and version == versioning.data_version(ws)
 
 

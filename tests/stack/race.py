@@ -1,0 +1,71 @@
+"""One host's side of the promotion race: `python -m tests.stack.race ROUNDS START_AT OUT.json`.
+
+Every round reads `@champion`, then asks to move it to the next version, expecting the one it
+read (what a cycle does after its gate). The other host does the same at the same time, so
+many attempts find the champion moved meanwhile; those must be refused, and every move that
+happens must be in the ledger, from the version it replaced."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+ROUND_SECONDS = 0.5
+
+
+def setup(ctx, versions: int) -> list[str]:
+    """Register `versions` versions of the race model (each with a logged artifact of its own)."""
+    import mlflow
+
+    from tasks.registry import _ensure_registered_model, ensure_experiment, list_versions
+
+    _ensure_registered_model(ctx.client, ctx.model_name)
+    existing = [r.version for r in list_versions(ctx.client, ctx.model_name)]
+    experiment = ensure_experiment(ctx.client, ctx.ws, ctx.config)
+    for i in range(len(existing), versions):
+        with mlflow.start_run(experiment_id=experiment) as run:
+            mlflow.log_text(f"race version {i + 1}", "weights.txt")
+        ctx.client.create_model_version(ctx.model_name, f"runs:/{run.info.run_id}/weights.txt", run_id=run.info.run_id)
+    return [r.version for r in list_versions(ctx.client, ctx.model_name)]
+
+
+def race(ctx, rounds: int, start_at: float, host: str) -> list[dict]:
+    from tasks.promotion import current_champion
+    from tasks.registry import StaleChampionError, list_versions, move_champion
+    from tasks.shared import champion_guard
+
+    versions = [r.version for r in list_versions(ctx.client, ctx.model_name)]
+    attempts = []
+    for i in range(rounds):
+        # Both hosts start round i at the same instant: each reads, then both try to move.
+        time.sleep(max(0.0, start_at + i * ROUND_SECONDS - time.time()))
+        seen = current_champion(ctx)
+        target = versions[(versions.index(seen) + 1) % len(versions)] if seen else versions[0]
+        why = f"race {host} round {i}"
+        try:
+            entry = move_champion(ctx.client, champion_guard(ctx), ctx.model_name, target, seen, "manual-promote", why)
+            attempts.append({"round": i, "expected": seen, "to": target, "moved": True, "seq": entry.seq, "why": why})
+        except StaleChampionError:
+            attempts.append({"round": i, "expected": seen, "to": target, "moved": False, "why": why})
+    return attempts
+
+
+def main(argv: list[str]) -> None:
+    from tasks.context import Context
+    from tasks.runtime import set_runtime_defaults
+
+    set_runtime_defaults()
+    ctx = Context.open(os.getcwd())
+    if argv[0] == "setup":
+        print(json.dumps(setup(ctx, int(argv[1]))))
+        return
+    rounds, start_at, out = int(argv[0]), float(argv[1]), argv[2]
+    attempts = race(ctx, rounds, start_at, os.environ["KAIZEN_HOST"])
+    with open(out, "w") as f:
+        json.dump(attempts, f)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
