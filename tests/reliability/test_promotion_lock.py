@@ -93,3 +93,36 @@ def test_manual_promotion_is_gated_unless_forced(workspace, tmp_path, capsys):
     assert get_alias(client, name, CHAMPION).version == versions[1]
     last = read_ledger(client, name)[-1]
     assert last.action == "forced-promote" and "override: its gate verdict is reject" in last.why
+
+
+def test_nothing_is_promoted_when_the_shared_lock_cannot_be_reached(workspace, tmp_path):
+    """Scaled out, champion moves take a PostgreSQL advisory lock every host shares; if that
+    database cannot be reached, the alias and the ledger stay as they were and the error says why."""
+    import socket
+
+    from tasks.context import Context
+    from tasks.promotion import promote_after_gate, roll_back
+    from tasks.registry import CHAMPION, get_alias, move_champion, read_ledger
+    from tasks.shared import SharedStoreError
+
+    ws, _, client, name, versions = _registry_with_versions(workspace, tmp_path, 3)
+    move_champion(client, ws, name, versions[0], None, "promote", "first")
+    move_champion(client, ws, name, versions[1], versions[0], "promote", "second")
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    ctx = Context.open(workspace, {"shared.database_url": f"postgresql://kaizen@127.0.0.1:{closed}/kaizen"})
+    for attempt in (lambda: promote_after_gate(ctx, versions[2], versions[1]), lambda: roll_back(ctx, "test")):
+        with pytest.raises(
+            SharedStoreError, match=f"shared database postgresql://127.0.0.1:{closed}/kaizen cannot be reached"
+        ):
+            attempt()
+    assert get_alias(client, name, CHAMPION).version == versions[1]
+    assert len(read_ledger(client, name)) == 2
+
+
+def test_a_password_in_the_shared_database_url_is_refused(workspace):
+    from tasks.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="shared.database_url.*PGPASSWORD"):
+        load_config(workspace, {"shared.database_url": "postgresql://kaizen:secret@db:5432/kaizen"})
