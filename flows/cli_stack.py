@@ -31,7 +31,9 @@ def up(
     worker: Annotated[bool, typer.Option("--worker/--no-worker", help="Start one Prefect process worker")] = True,
     zombie_after: Annotated[
         float,
-        typer.Option("--zombie-after", min=45, help="Seconds without a heartbeat (sent every 30) before a run is Crashed"),
+        typer.Option(
+            "--zombie-after", min=45, help="Seconds without a heartbeat (sent every 30) before a run is Crashed"
+        ),
     ] = 90,
 ) -> None:
     """Start the stack and write .kaizen/stack/stack.env, the environment that points kaizen at it."""
