@@ -47,6 +47,8 @@ def examine(ctx: Context, deep: bool = True, progress: Callable[[str], None] = l
     found += check_markers(ws)
     found += check_manifest(ws, manifest)
     found += check_data_version(ws)
+    found += check_pool(ws, manifest)
+    found += check_shared_head(ctx)
     progress("the history statistics")
     found += check_history(ws, manifest)
     found += check_quarantine(ws, manifest)
@@ -128,6 +130,41 @@ def check_data_version(ws: Workspace) -> list[Finding]:
     if changed:
         detail = json.dumps(changed, default=str)
         return [Finding(PROBLEM, "data", f"data/ differs from the data version in {ws.dvc_file.name}: {detail}")]
+    return []
+
+
+def check_pool(ws: Workspace, manifest: list[dict]) -> list[Finding]:
+    """The replay/regression pool covers exactly the manifest's batches (tasks/pool.py)."""
+    from tasks.pool import pool_path, read_pool
+
+    if not manifest:
+        return []
+    if not pool_path(ws).exists():
+        return [Finding(NOTE, "data", f"{pool_path(ws)} is missing; the next writing command builds it")]
+    rows, strata = read_pool(ws)
+    listed = {e["batch_id"] for e in manifest}
+    pooled = {b for batches in strata.values() for b in batches} | set(rows.get("batch_id", []))
+    found = [
+        Finding(PROBLEM, "data", f"the pool holds batch {b}, which is not in the manifest")
+        for b in sorted(pooled - listed)
+    ]
+    found += [Finding(PROBLEM, "data", f"batch {b} is not in the pool") for b in sorted(listed - pooled)]
+    return found
+
+
+def check_shared_head(ctx: Context) -> list[Finding]:
+    """Scaled out: is this workspace at the shared data head? (Behind is normal between runs.)"""
+    from tasks import shared
+    from tasks.versioning import data_version
+
+    if not shared.enabled(ctx.config):
+        return []
+    try:
+        head = shared.latest_head(ctx.config)
+    except shared.SharedStoreError as exc:
+        return [Finding(PROBLEM, "data", str(exc))]
+    if head is not None and head.data_md5 != data_version(ctx.ws):
+        return [Finding(NOTE, "data", f"this workspace is behind the shared data head #{head.seq} (`kaizen sync`)")]
     return []
 
 

@@ -71,7 +71,7 @@ def test_worker_killed_during_a_cycle(stack, make_host, demo_files):
     assert run_state(stack, run_id) == "RUNNING"  # nobody has told the server yet
 
 
-def test_a_second_host_continues_from_the_first(make_host, demo_files, tmp_path):
+def test_a_second_host_continues_from_the_first(stack, make_host, demo_files, tmp_path):
     """Cycle 1 on host A; cycle 2 on host B from an empty directory: warm start from A's
     champion, replay of A's batch, regression judged on it; B restores exactly A's data."""
     a, b = make_host("A", "stack-two-hosts"), make_host("B", "stack-two-hosts")
@@ -82,7 +82,7 @@ def test_a_second_host_continues_from_the_first(make_host, demo_files, tmp_path)
     v2 = json.loads(b.kaizen("lineage", "2", "--json").stdout)
     batch_a = json.loads((a.root / "data" / "manifest.json").read_text())[0]["batch_id"]
     assert v2["parent_version"] == "1" and v2["batch_ids"][0] == batch_a and v2["new_batches"] != [batch_a]
-    tags, metrics = registry_record(b, "2")
+    tags, metrics = registry_record(stack, "stack-two-hosts-clf", "2")
     assert int(tags["kaizen.replayed_rows"]) > 0
     assert metrics["regression.challenger.accuracy"] >= 0.75  # judged on A's batch's test split
 
@@ -91,13 +91,13 @@ def test_a_second_host_continues_from_the_first(make_host, demo_files, tmp_path)
     assert md5_tree(tmp_path / "v1" / "data") == md5_tree(a.root / "data")
 
 
-def registry_record(host, version: str) -> tuple[dict, dict]:
-    script = (
-        "import json, sys; from tasks.context import Context; c = Context.open('.'); "
-        f"mv = c.client.get_model_version(c.model_name, '{version}'); "
-        "run = c.client.get_run(mv.run_id); print(json.dumps([mv.tags, run.data.metrics]))"
-    )
-    return tuple(json.loads(host.python("-c", script).stdout.strip().splitlines()[-1]))
+def registry_record(stack, model: str, version: str) -> tuple[dict, dict]:
+    """A version's tags and its cycle run's metrics, read from the MLflow server as any client would."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=stack.env["KAIZEN_REGISTRY__TRACKING_URI"])
+    mv = client.get_model_version(model, version)
+    return dict(mv.tags), client.get_run(mv.run_id).data.metrics
 
 
 def test_promotion_race_between_two_hosts(make_host, tmp_path):
