@@ -11,6 +11,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -132,38 +133,64 @@ def _flow_run_id() -> str:
 
 
 def ingest_one(ctx: Context, file: str, batch_id: str | None, skip_known: bool = True) -> ingest_mod.BatchInfo:
-    """Validate and version one file; scaled out, in the data's turn across hosts (validated
-    against the newest shared data head, published as the next one)."""
+    """Validate and version one file. Scaled out, the part that reads and changes the data head
+    (stage, validate against the newest head, accept or quarantine) holds the data's turn across
+    hosts; the reports and the history cache are written after it, so other hosts wait less."""
     with shared.data_turn(ctx, f"ingest {file}") as synced:
         for line in synced:
             get_run_logger().info(line)
-        return ingest_in_turn(ctx, file, batch_id, skip_known)
+        checked = ingest_in_turn(ctx, file, batch_id, skip_known)
+    if isinstance(checked, ingest_mod.BatchInfo):  # already a batch: nothing was done
+        return checked
+    return record_ingest(ctx, checked)
 
 
-def ingest_in_turn(ctx: Context, file: str, batch_id: str | None, skip_known: bool) -> ingest_mod.BatchInfo:
-    logger = get_run_logger()
+@dataclass
+class Checked:
+    """An ingest's outcome inside the data's turn, and what it still has to record."""
+
+    staged: ingest_mod.StagedBatch
+    report: validate_mod.ValidationReport
+    report_path: Path
+    tokenizer: Any
+    info: ingest_mod.BatchInfo | None = None  # accepted
+    version: str | None = None
+    quarantined: Path | None = None  # refused
+
+
+def ingest_in_turn(ctx: Context, file: str, batch_id: str | None, skip_known: bool) -> Checked | ingest_mod.BatchInfo:
     try:
         staged = stage_task(ctx.ws, ctx.config, file, batch_id)
     except ingest_mod.AlreadyIngested as done:  # a re-sent file, or a re-run after a crash
         if not skip_known:
             raise
-        logger.info(f"ingest: {done}")
+        get_run_logger().info(f"ingest: {done}")
         return ingest_mod.describe_batch(ctx.ws, done.batch_id)
     tokenizer = load_tokenizer(ctx.config.model.base)  # one load serves validation and history
     report = validate_task(ctx.ws, staged, ctx.config, tokenizer)
-    report_path = save_report_task(ctx.ws, staged.batch_id, report)
+    checked = Checked(staged, report, save_report_task(ctx.ws, staged.batch_id, report), tokenizer)
+    if not report.success:
+        checked.quarantined = quarantine_task(ctx.ws, staged, report)
+    else:
+        checked.info, checked.version = accept_task(ctx.ws, staged, versioning.commit_data, ctx.config)
+    return checked
+
+
+def record_ingest(ctx: Context, checked: Checked) -> ingest_mod.BatchInfo:
+    """Reports (Prefect artifact, MLflow run), the history cache, the quarantine copy; then the
+    outcome: the batch, or BatchRejected."""
+    logger, staged, report = get_run_logger(), checked.staged, checked.report
     publish_validation(report, staged.batch_id)
-    log_validation_task(ctx, staged.batch_id, report, report_path, _flow_run_id())
+    log_validation_task(ctx, staged.batch_id, report, checked.report_path, _flow_run_id())
     for line in report.warning_lines():
         logger.warning(f"validate: {staged.batch_id}: {line}")
-    if not report.success:
-        where = quarantine_task(ctx.ws, staged, report)
+    if checked.info is None:
         share_quarantine(ctx, staged.batch_id)
-        raise BatchRejected(staged.batch_id, report.failure_lines(), where)
-    info, version = accept_task(ctx.ws, staged, versioning.commit_data, ctx.config)
-    record_history_task(ctx.ws, info.batch_id, ingest_mod.load_batch(ctx.ws, info.batch_id), tokenizer)
+        raise BatchRejected(staged.batch_id, report.failure_lines(), checked.quarantined)
+    info = checked.info
+    record_history_task(ctx.ws, info.batch_id, ingest_mod.load_batch(ctx.ws, info.batch_id), checked.tokenizer)
     logger.info(
-        f"ingest: batch {info.batch_id} ({info.rows} rows, splits {info.split_counts}) -> data version {version}"
+        f"ingest: batch {info.batch_id} ({info.rows} rows, splits {info.split_counts}) -> data version {checked.version}"
     )
     return info
 

@@ -12,7 +12,7 @@ import os
 import sys
 import time
 
-ROUND_SECONDS = 0.3
+ROUND_SECONDS = 0.5
 
 
 def setup(ctx, versions: int) -> list[str]:

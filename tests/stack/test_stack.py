@@ -79,11 +79,13 @@ def test_a_second_host_continues_from_the_first(stack, make_host, demo_files, tm
     assert not (b.root / "data").exists()
     assert "promoted" in b.kaizen("run", str(demo_files["demo-2-gadgets"])).stdout
 
-    v2 = json.loads(b.kaizen("lineage", "2", "--json").stdout)
-    batch_a = json.loads((a.root / "data" / "manifest.json").read_text())[0]["batch_id"]
-    assert v2["parent_version"] == "1" and v2["batch_ids"][0] == batch_a and v2["new_batches"] != [batch_a]
+    from tasks.lineage import Lineage
+
     tags, metrics = registry_record(stack, "stack-two-hosts-clf", "2")
-    assert int(tags["kaizen.replayed_rows"]) > 0
+    v2 = Lineage.from_tags(tags)
+    batch_a = json.loads((a.root / "data" / "manifest.json").read_text())[0]["batch_id"]
+    assert v2.parent_version == "1" and v2.batch_ids[0] == batch_a and v2.new_batches != [batch_a]
+    assert v2.replayed_rows > 0
     assert metrics["regression.challenger.accuracy"] >= 0.75  # judged on A's batch's test split
 
     # v1's data, restored on B from the shared remote, is byte for byte what A trained on.
@@ -121,8 +123,13 @@ def test_promotion_race_between_two_hosts(make_host, tmp_path):
 
     ledger = json.loads(one.kaizen("history", "--json").stdout)
     moves = [e for e in ledger if e["action"] == "manual-promote"]
-    assert len(attempts) == 100 and 0 < len(moved) < 100  # both hosts won some rounds and lost some
-    assert {h for a in moved for h in [a["why"].split()[1]]} == {"R1", "R2"}
+    assert len(attempts) == 100 and 0 < len(moved) < 100
+    # Rounds where both hosts read the same champion and both tried to replace it: exactly one won.
+    by_round = {}
+    for attempt in attempts:
+        by_round.setdefault(attempt["round"], []).append(attempt)
+    collisions = [r for r in by_round.values() if r[0]["expected"] == r[1]["expected"]]
+    assert collisions and all(sum(a["moved"] for a in r) == 1 for r in collisions)
     assert len(moves) == len(moved)  # zero lost updates: every move is recorded, nothing else
     by_why = {e["why"]: e for e in moves}
     for attempt in moved:  # each compared against exactly the champion it replaced
@@ -133,7 +140,9 @@ def test_promotion_race_between_two_hosts(make_host, tmp_path):
     assert [e["seq"] for e in ledger] == list(range(1, len(ledger) + 1))
     status = json.loads(one.kaizen("status", "--json").stdout)
     assert str(status["champion"]["version"]) == moves[-1]["to_version"]
-    print(f"race: 100 attempts, {len(moved)} moves, 0 lost updates")
+    print(
+        f"race: 100 attempts, {len(collisions)} rounds both hosts raced for one champion, {len(moved)} moves, 0 lost updates"
+    )
 
 
 def test_twenty_files_ingested_at_once_from_two_hosts(stack, make_host, tmp_path):
@@ -146,11 +155,19 @@ def test_twenty_files_ingested_at_once_from_two_hosts(stack, make_host, tmp_path
     start_at = time.time() + 8
     jobs = [
         one.popen("-m", "tests.stack.ingest_many", str(start_at), *map(str, files[:10]), log=tmp_path / "I1.log"),
-        two.popen("-m", "tests.stack.ingest_many", str(start_at), *map(str, files[10:]), log=tmp_path / "I2.log"),
+        two.popen(
+            "-m", "tests.stack.ingest_many", str(start_at), *map(str, [*files[10:], corrupt]), log=tmp_path / "I2.log"
+        ),
     ]
     for job, name in zip(jobs, ("I1", "I2"), strict=True):
         assert job.wait(timeout=400) == 0, (tmp_path / f"{name}.log").read_text()[-5000:]
-    assert two.kaizen("ingest", str(corrupt), check=False).returncode == 1
+    refused = [
+        json.loads(line.split(" ", 1)[1])
+        for line in (tmp_path / "I2.log").read_text().splitlines()
+        if line.startswith("refused: ")
+    ]
+    assert refused == [[str(corrupt)]]  # and nothing else, on either host
+    assert "refused: []" in (tmp_path / "I1.log").read_text()
 
     heads = head_rows(stack, "stack-ingest")
     assert [seq for seq, _ in heads] == list(range(1, 21)) and len({md5 for _, md5 in heads}) == 20
@@ -197,8 +214,6 @@ def test_mlflow_server_restarted_while_a_cycle_registers(stack, make_host, demo_
         print("mlflow restart: the cycle failed; a re-run converged:", host.kaizen("run").stdout.strip())
     else:
         print("mlflow restart: the cycle retried and completed:", log.read_text().strip().splitlines()[-1])
-    status = json.loads(host.kaizen("status", "--json").stdout)
-    assert status["champion"] is not None
     assert host.kaizen("doctor").returncode == 0  # every version's weights re-hashed, aliases listed
     assert host.kaizen("predict", "the food was great").stdout.split("\t")[0] in ("positive", "negative")
 
