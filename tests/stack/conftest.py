@@ -23,8 +23,11 @@ ZOMBIE_AFTER_S = 60
 
 
 def host_config(project: str) -> dict:
-    """The tiny test config, its own project and model, so tests sharing the stack do not meet."""
-    return {**TINY_CONFIG, "project": project, "registry": {"model_name": f"{project}-clf"}}
+    """The tiny test config, its own project and model, so tests sharing the stack do not meet.
+    The latency rule is off: the tiny encoder's timings on a loaded machine are noise, and these
+    tests are about the stack, not latency."""
+    gate = {**TINY_CONFIG["gate"], "max_latency_ratio": 1000}
+    return {**TINY_CONFIG, "gate": gate, "project": project, "registry": {"model_name": f"{project}-clf"}}
 
 
 def base_env() -> dict[str, str]:
