@@ -153,8 +153,11 @@ def sample_by_batch_and_label(examples: Examples, n: int, seed: int) -> Examples
     rng = np.random.default_rng(seed)
     groups = examples.meta["batch_id"].astype(str).to_numpy() + "\x00" + examples.labels.astype(str)
     chosen = []
-    for group in np.unique(groups):
-        rows = np.flatnonzero(groups == group)
+    # One pass to group the rows (a scan per group would cost groups x rows: thousands of
+    # batches in a long history); groups in sorted order, rows ascending, as np.unique gives.
+    _, inverse = np.unique(groups, return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    for rows in np.split(order, np.cumsum(np.bincount(inverse))[:-1]):
         quota = max(1, int(round(n * len(rows) / len(examples))))
         chosen.append(rng.choice(rows, size=min(quota, len(rows)), replace=False))
     return examples.take(np.sort(np.concatenate(chosen)))

@@ -50,18 +50,19 @@ def row_keys(batch_id: str, texts: pd.Series) -> np.ndarray:
 def quotas(strata: dict[str, dict[str, dict[str, int]]], limits: dict[str, int]) -> dict[tuple[str, str, str], int]:
     """(split, batch, label) -> rows kept: its share of the split's limit, in proportion to size.
 
-    Every stratum keeps at least one row while the split has no more strata than its limit, so
-    no batch or class drops out of the regression set of a small history.
+    Every stratum keeps at least one row, so no batch or class drops out of the regression set;
+    a history with more strata than the limit (thousands of batches) holds one row per stratum,
+    which is over the limit by at most the number of strata. Quotas only shrink as batches are
+    added, which is what lets the pool be kept incrementally.
     """
     out = {}
     for split, batches in strata.items():
         total = sum(n for labels in batches.values() for n in labels.values())
-        count = sum(len(labels) for labels in batches.values())
         limit = limits[split]
         for batch_id, labels in batches.items():
             for label, n in labels.items():
                 share = int(round(limit * n / total)) if total > limit else n
-                out[(split, batch_id, label)] = min(n, max(share, 1 if count <= limit else 0))
+                out[(split, batch_id, label)] = min(n, max(share, 1))
     return out
 
 

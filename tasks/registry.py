@@ -156,9 +156,7 @@ def list_versions(client, name: str, where: str = "") -> list[ModelRef]:
 def versions_newest_first(client, name: str, page_size: int = 50):
     """Versions from the newest back, fetched a page at a time, so a reader that stops early
     (the planner looking for recent cycles) does not fetch every version ever registered."""
-    if not _model_exists(client, name):
-        return
-    token = None
+    token = None  # a missing model's search is an empty page: no existence check needed
     while True:
         page = client.search_model_versions(
             f"name='{name}'", max_results=page_size, order_by=["version_number DESC"], page_token=token
@@ -364,9 +362,12 @@ def _with_retries(write: Callable[[], _T], store: str, what: str, tries: int = R
 
 
 def read_ledger(client, name: str) -> list[LedgerEntry]:
-    if not _model_exists(client, name):
+    from mlflow.exceptions import MlflowException
+
+    try:  # one call: the model's tags hold the ledger (a missing model has none)
+        tags = client.get_registered_model(name).tags
+    except MlflowException:
         return []
-    tags = client.get_registered_model(name).tags
     entries = [json.loads(v) for k, v in tags.items() if k.startswith(LEDGER_PREFIX)]
     return [LedgerEntry(**e) for e in sorted(entries, key=lambda e: e["seq"])]
 
@@ -379,9 +380,16 @@ def current_user() -> str:
 
 
 def next_ledger_entry(
-    client, name: str, action: str, from_version: str | None, to_version: str, why: str, who: str | None = None
+    client,
+    name: str,
+    action: str,
+    from_version: str | None,
+    to_version: str,
+    why: str,
+    who: str | None = None,
+    ledger: list[LedgerEntry] | None = None,
 ) -> LedgerEntry:
-    ledger = read_ledger(client, name)
+    ledger = read_ledger(client, name) if ledger is None else ledger
     return LedgerEntry(
         seq=(ledger[-1].seq + 1) if ledger else 1,
         action=action,
@@ -449,7 +457,8 @@ def move_champion(
     write happen under it, so this is a compare-and-set for every process that takes it."""
     get_version(client, name, to_version)  # fails clearly on an unknown version
     with _turn(ws) as held:
-        _finish_move(client, name)  # a move a killed process recorded but did not make comes first
+        ledger = read_ledger(client, name)  # read once: it grows with every move ever made
+        _finish_move(client, name, ledger)  # a move a killed process recorded but did not make comes first
         current = get_alias(client, name, CHAMPION)
         current_version = current.version if current else None
         if current_version != expected_champion:
@@ -457,7 +466,7 @@ def move_champion(
                 f"champion is v{current_version}, but this decision was made against v{expected_champion}; "
                 "nothing was moved"
             )
-        entry = next_ledger_entry(client, name, action, current_version, str(to_version), why, who)
+        entry = next_ledger_entry(client, name, action, current_version, str(to_version), why, who, ledger)
         _confirm(held)
         # Ledger first: a crash between the two writes leaves a recorded intent, never an
         # unrecorded move.
@@ -476,10 +485,10 @@ def last_move(ledger: list[LedgerEntry]) -> LedgerEntry | None:
     return next((e for e in reversed(ledger) if e.action in CHAMPION_MOVES), None)
 
 
-def unfinished_move(client, name: str) -> LedgerEntry | None:
+def unfinished_move(client, name: str, ledger: list[LedgerEntry] | None = None) -> LedgerEntry | None:
     """The last recorded champion move, if a killed process wrote it but did not finish it:
     the alias still points where the move started, or the promoted-at tag was not written."""
-    move = last_move(read_ledger(client, name))
+    move = last_move(read_ledger(client, name) if ledger is None else ledger)
     if move is None:
         return None
     current = get_alias(client, name, CHAMPION)
@@ -491,8 +500,8 @@ def unfinished_move(client, name: str) -> LedgerEntry | None:
     return None  # done, or moved by something other than kaizen (`kaizen doctor` reports that)
 
 
-def _finish_move(client, name: str) -> LedgerEntry | None:
-    move = unfinished_move(client, name)
+def _finish_move(client, name: str, ledger: list[LedgerEntry] | None = None) -> LedgerEntry | None:
+    move = unfinished_move(client, name, ledger)
     if move is not None:
         _apply_move(client, name, move)
     return move
