@@ -74,7 +74,17 @@ def test_prefect_yaml_deployed_to_a_server_and_run_by_a_process_worker(demo_file
         assert status.startswith("champion    v1"), status
     finally:
         if worker is not None:
-            worker.terminate()
-            worker.wait(timeout=30)
+            stop(worker)
         server.terminate()
         server.wait(timeout=30)
+
+
+def stop(process: subprocess.Popen, grace: float = 30) -> None:
+    """SIGTERM, then SIGKILL if it is still shutting down after `grace` (a worker on a loaded
+    machine once took longer than 30 s to leave)."""
+    process.terminate()
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=30)
