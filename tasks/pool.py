@@ -50,20 +50,27 @@ def row_keys(batch_id: str, texts: pd.Series) -> np.ndarray:
 def quotas(strata: dict[str, dict[str, dict[str, int]]], limits: dict[str, int]) -> dict[tuple[str, str, str], int]:
     """(split, batch, label) -> rows kept: its share of the split's limit, in proportion to size.
 
-    Every stratum keeps at least one row, so no batch or class drops out of the regression set;
-    a history with more strata than the limit (thousands of batches) holds one row per stratum,
-    which is over the limit by at most the number of strata. Quotas only shrink as batches are
-    added, which is what lets the pool be kept incrementally.
+    A stratum whose share rounds to nothing still keeps one row while it is among the `limit`
+    strata of its split with the smallest fixed hash: so no batch or class of a small history
+    drops out, a long history keeps a uniform sample of its strata (never an empty split), and
+    the split holds at most about twice its limit. Quotas only shrink as batches are added,
+    which is what lets the pool be kept incrementally.
     """
     out = {}
     for split, batches in strata.items():
         total = sum(n for labels in batches.values() for n in labels.values())
         limit = limits[split]
+        keys = [(batch_id, label) for batch_id, labels in batches.items() for label in labels]
+        kept = set(sorted(keys, key=_stratum_hash)[:limit])
         for batch_id, labels in batches.items():
             for label, n in labels.items():
                 share = int(round(limit * n / total)) if total > limit else n
-                out[(split, batch_id, label)] = min(n, max(share, 1))
+                out[(split, batch_id, label)] = min(n, max(share, int((batch_id, label) in kept)))
     return out
+
+
+def _stratum_hash(key: tuple[str, str]) -> bytes:
+    return hashlib.blake2b("\x00".join(key).encode(), digest_size=8).digest()
 
 
 def limits_of(config) -> dict[str, int]:
