@@ -171,14 +171,6 @@ def read_head(conn, project: str) -> Head | None:
     return Head(int(row[0]), row[1], row[2], row[3]) if row else None
 
 
-def head_history(conn, project: str) -> list[Head]:
-    with conn.cursor() as cur:
-        cur.execute(
-            f"SELECT seq, data_md5, data_dvc, host FROM {HEAD_TABLE} WHERE project = %s ORDER BY seq", (project,)
-        )
-        return [Head(int(r[0]), r[1], r[2], r[3]) for r in cur.fetchall()]
-
-
 def publish(conn, project: str, seq: int, data_md5: str, data_dvc: str) -> Head:
     """Insert head `seq`; the primary key refuses a second writer of the same seq."""
     from psycopg2 import errors
