@@ -107,7 +107,9 @@ def registry_record(stack, model: str, version: str) -> tuple[dict, dict]:
     """A version's tags and its cycle run's metrics, read from the MLflow server as any client would."""
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=stack.env["KAIZEN_REGISTRY__TRACKING_URI"])
+    # Both URIs: an earlier test in this process may have set a global registry URI.
+    uri = stack.env["KAIZEN_REGISTRY__TRACKING_URI"]
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     mv = client.get_model_version(model, version)
     return dict(mv.tags), client.get_run(mv.run_id).data.metrics
 
