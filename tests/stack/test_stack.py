@@ -2,7 +2,9 @@
 
 The tests run in file order. The first one kills the stack's worker in the middle of a cycle and
 the last one checks what followed: Prefect's zombie detection needs two missed 30-second
-heartbeats, so the wait overlaps with the other tests instead of adding to them.
+heartbeats, so the wait overlaps with the other tests instead of adding to them. The promotion
+race and the twenty ingests run in the background from the start for the same reason: most of
+every test here is waiting on a lock, a server or a subprocess's imports.
 """
 
 from __future__ import annotations
@@ -58,7 +60,23 @@ def md5_tree(root: Path) -> dict[str, str]:
     }
 
 
-def test_worker_killed_during_a_cycle(stack, make_host, demo_files):
+@pytest.fixture(scope="module")
+def background(make_host, tmp_path_factory):
+    """The promotion race and the twenty ingests start with this file and run while the other
+    tests' cycles do (they share nothing with them but the servers); their tests wait for them
+    and check what they left. The MLflow restart comes after both have finished."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    racers = make_host("R1", "stack-race"), make_host("R2", "stack-race"), tmp_path_factory.mktemp("race")
+    ingesters = make_host("I1", "stack-ingest"), make_host("I2", "stack-ingest"), tmp_path_factory.mktemp("ingest")
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        yield {
+            "race": pool.submit(race_between_two_hosts, *racers),
+            "ingest": pool.submit(ingest_from_two_hosts, *ingesters),
+        }
+
+
+def test_worker_killed_during_a_cycle(stack, make_host, demo_files, background):
     """A cycle runs on the stack's worker (from its empty workspace); kill -9 the worker and its
     flow run while training. What follows is checked by the last test of this file."""
     host = make_host("W", WORKER_PROJECT)
@@ -114,10 +132,8 @@ def registry_record(stack, model: str, version: str) -> tuple[dict, dict]:
     return dict(mv.tags), client.get_run(mv.run_id).data.metrics
 
 
-def test_promotion_race_between_two_hosts(make_host, tmp_path):
-    """50 rounds from each host at once, each expecting the champion it read: every move is in
-    the ledger from the champion it replaced, the ledger is one unbroken chain, nothing is lost."""
-    one, two = make_host("R1", "stack-race"), make_host("R2", "stack-race")
+def race_between_two_hosts(one, two, tmp_path: Path) -> tuple[list[dict], list[dict], dict]:
+    """50 rounds from each host at once: the attempts, the ledger and the final status."""
     versions = json.loads(one.python("-m", "tests.stack.race", "setup", "3").stdout.strip().splitlines()[-1])
     assert versions == ["1", "2", "3"]
     start_at = time.time() + 8  # both past their imports
@@ -131,9 +147,15 @@ def test_promotion_race_between_two_hosts(make_host, tmp_path):
             -3000:
         ]
     attempts = [a for h in (one, two) for a in json.loads(logs[h.name].read_text())]
-    moved = [a for a in attempts if a["moved"]]
-
     ledger = json.loads(one.kaizen("history", "--json").stdout)
+    return attempts, ledger, json.loads(one.kaizen("status", "--json").stdout)
+
+
+def test_promotion_race_between_two_hosts(background):
+    """50 rounds from each host at once, each expecting the champion it read: every move is in
+    the ledger from the champion it replaced, the ledger is one unbroken chain, nothing is lost."""
+    attempts, ledger, status = background["race"].result(timeout=600)
+    moved = [a for a in attempts if a["moved"]]
     moves = [e for e in ledger if e["action"] == "manual-promote"]
     assert len(attempts) == 100 and 0 < len(moved) < 100
     # Rounds where both hosts read the same champion and both tried to replace it: exactly one won.
@@ -150,17 +172,14 @@ def test_promotion_race_between_two_hosts(make_host, tmp_path):
     for before, after in zip(moves, moves[1:], strict=False):  # one unbroken chain
         assert after["from_version"] == before["to_version"]
     assert [e["seq"] for e in ledger] == list(range(1, len(ledger) + 1))
-    status = json.loads(one.kaizen("status", "--json").stdout)
     assert str(status["champion"]["version"]) == moves[-1]["to_version"]
     print(
         f"race: 100 attempts, {len(collisions)} rounds both hosts raced for one champion, {len(moved)} moves, 0 lost updates"
     )
 
 
-def test_twenty_files_ingested_at_once_from_two_hosts(stack, make_host, tmp_path):
-    """10 files from each host at the same time: 20 data heads, one batch each, and a third host
-    finds every batch exactly once; a file refused on B leaves its quarantine entry in S3."""
-    one, two, third = (make_host(n, "stack-ingest") for n in ("I1", "I2", "I3"))
+def ingest_from_two_hosts(one, two, tmp_path: Path) -> tuple[list[Path], Path]:
+    """10 files from each host at the same time, one of them corrupt; each host's log names what it refused."""
     files = sst2_files(tmp_path / "files", 20, 40)
     corrupt = tmp_path / "corrupt.csv"
     corrupt.write_text("text,label\n" + "".join(f"unlabelled sentence number {i},neutral\n" for i in range(40)))
@@ -172,15 +191,24 @@ def test_twenty_files_ingested_at_once_from_two_hosts(stack, make_host, tmp_path
         ),
     ]
     for job, name in zip(jobs, ("I1", "I2"), strict=True):
-        assert job.wait(timeout=400) == 0, (tmp_path / f"{name}.log").read_text()[-5000:]
+        assert job.wait(timeout=500) == 0, (tmp_path / f"{name}.log").read_text()[-5000:]
+    return files, corrupt
+
+
+def test_twenty_files_ingested_at_once_from_two_hosts(stack, make_host, background, tmp_path):
+    """10 files from each host at the same time: 20 data heads, one batch each, and a third host
+    finds every batch exactly once; a file refused on B leaves its quarantine entry in S3."""
+    files, corrupt = background["ingest"].result(timeout=600)
+    logs = corrupt.parent
     refused = [
         json.loads(line.split(" ", 1)[1])
-        for line in (tmp_path / "I2.log").read_text().splitlines()
+        for line in (logs / "I2.log").read_text().splitlines()
         if line.startswith("refused: ")
     ]
     assert refused == [[str(corrupt)]]  # and nothing else, on either host
-    assert "refused: []" in (tmp_path / "I1.log").read_text()
+    assert "refused: []" in (logs / "I1.log").read_text()
 
+    third = make_host("I3", "stack-ingest")
     heads = head_rows(stack, "stack-ingest")
     assert [seq for seq, _ in heads] == list(range(1, 21)) and len({md5 for _, md5 in heads}) == 20
     third.kaizen("sync")
