@@ -291,7 +291,7 @@ class Size:
 
 def featurize_all(ws, config, plan, model_dir: Path) -> dict[str, str]:
     """flows/pipeline.py featurize_all without its Prefect task wrappers."""
-    from models.classifier import load_tokenizer
+    from models.base import load_tokenizer
     from tasks.dataset import POOL
     from tasks.featurize import featurize_batch, featurize_pool
 
@@ -364,10 +364,11 @@ def registry_round(size: Size) -> None:
 
 
 def build_model(root: Path, labels: list[str]) -> Path:
-    from models.classifier import build_tiny, save_classifier
+    from models.base import save_model
+    from models.classifier import build_tiny
 
     model, tokenizer = build_tiny(labels, seed=0)
-    return save_classifier(model, tokenizer, root / "fixed-tiny")
+    return save_model(model, tokenizer, root / "fixed-tiny")
 
 
 def prepare_size(tmp: Path, args, config_dict: dict, model_dir: Path, n: int) -> Size:

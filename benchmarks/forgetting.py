@@ -28,7 +28,8 @@ def main() -> None:
 
     import torch
 
-    from models.classifier import load_classifier, load_tokenizer
+    from models.base import load_tokenizer
+    from models.classifier import load_classifier
     from tasks.config import TrainConfig
     from tasks.dataset import Examples, stratified_sample
     from tasks.inference import predict_proba

@@ -123,7 +123,8 @@ def run_hf_trainer(rows: int, epochs: int) -> dict:
 def run_kaizen(rows: int, epochs: int) -> dict:
     import tempfile
 
-    from models.classifier import load_classifier, load_tokenizer
+    from models.base import load_tokenizer
+    from models.classifier import load_classifier
     from tasks.config import TrainConfig
     from tasks.train import train_classifier
 

@@ -32,7 +32,7 @@ from tasks.runtime import set_runtime_defaults  # noqa: E402
 
 set_runtime_defaults()
 
-from models.classifier import load_tokenizer  # noqa: E402
+from models.base import load_tokenizer  # noqa: E402
 from tasks.config import KaizenConfig  # noqa: E402
 from tasks.history import BatchStats, History, _save, batch_stats  # noqa: E402
 from tasks.ingest import prepare_batch  # noqa: E402

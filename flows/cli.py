@@ -83,7 +83,7 @@ def _already_ingested(ctx, file: Path, batch_id: str | None = None) -> bool:
 @app.command()
 def validate(file: Path, workspace: WorkspaceOpt = None, set_: SetOpt = None) -> None:
     """Run the validation suite (with drift and leakage against this workspace) without ingesting."""
-    from models.classifier import load_tokenizer
+    from models.base import load_tokenizer
     from tasks.validate import validate_file
 
     ctx = context(workspace, set_)
@@ -229,7 +229,7 @@ def _workspace_arg(args: list[str]) -> Path | None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns (and, run as a script, exits with) the exit status."""
-    from models.classifier import ModelError
+    from models.base import ModelError
     from tasks.runtime import set_runtime_defaults
     from tasks.workspace import Workspace
 

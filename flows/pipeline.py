@@ -24,7 +24,7 @@ from prefect.input import RunInput
 from prefect.runtime import flow_run
 from prefect.states import Failed, State
 
-from models.classifier import load_tokenizer
+from models.base import load_tokenizer
 from tasks import approval, candidate, cycle, history, promotion, registry, shared, tracking, versioning
 from tasks import evaluate as evaluate_mod
 from tasks import gate as gate_mod
@@ -467,9 +467,10 @@ def featurize_all(ctx: Context, batches: list[str], tokenizer_source: str, pool:
     earlier batch); cached, so only never-seen content costs anything."""
     tokenizer = load_tokenizer(tokenizer_source)
     max_length = ctx.config.model.max_length
-    features = {b: featurize_task(ctx.ws, b, tokenizer, max_length).path for b in batches}
+    task = ctx.config.task
+    features = {b: featurize_task(ctx.ws, b, tokenizer, max_length, task).path for b in batches}
     if pool:
-        features[POOL] = featurize_pool_task(ctx.ws, tokenizer, max_length).path
+        features[POOL] = featurize_pool_task(ctx.ws, tokenizer, max_length, task).path
     return features
 
 

@@ -87,8 +87,8 @@ def _decide_cycle(
 
 def reference_accuracies(ctx: Context, versions: set[str], reference: Path, scratch: Path) -> dict[str, float]:
     """Accuracy of each version on a fixed labelled file (text, label names or indices)."""
-    from models.classifier import load_saved_classifier
     from tasks.demo_data import read_labelled
+    from tasks.families import family_of
     from tasks.inference import predict_texts
     from tasks.registry import download_model, get_version
 
@@ -97,7 +97,7 @@ def reference_accuracies(ctx: Context, versions: set[str], reference: Path, scra
     out = {}
     for version in sorted(versions, key=int):
         model_dir = download_model(ctx.client, get_version(ctx.client, ctx.model_name, version), scratch / version)
-        model, tokenizer = load_saved_classifier(model_dir)
+        model, tokenizer = family_of(ctx.config.task).load_saved(model_dir)
         proba = predict_texts(model, tokenizer, frame["text"].astype(str).tolist(), ctx.config.model.max_length)
         names = [model.config.id2label[i] for i in proba.argmax(axis=1)]
         out[version] = float((truth == names).mean())

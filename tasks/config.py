@@ -400,6 +400,9 @@ class ScheduleConfig(_Section):
 
 class KaizenConfig(_Section):
     project: str = Field("kaizen", description="Project name; also the MLflow experiment name")
+    task: str = Field(
+        "classification", description="Model family: classification (one label per text); see tasks/families"
+    )
     labels: list[str] = Field(["negative", "positive"], description="Class labels, in model output order")
     data: DataConfig = Field(DataConfig(), description="Splitting, slicing and storage of the data")
     validation: ValidationConfig = Field(ValidationConfig(), description="Checks every new batch must pass")
@@ -411,6 +414,15 @@ class KaizenConfig(_Section):
     serve: ServeConfig = Field(ServeConfig(), description="The prediction service (`kaizen serve-model`)")
     schedule: ScheduleConfig = Field(ScheduleConfig(), description="Unattended runs (`kaizen serve`)")
     shared: SharedConfig = Field(SharedConfig(), description="Stores shared by every host when scaled out")
+
+    @field_validator("task")
+    @classmethod
+    def _task_known(cls, task: str) -> str:
+        from tasks.families import MODULES
+
+        if task not in MODULES:
+            raise ValueError(f"unknown task {task!r}; kaizen has {', '.join(sorted(MODULES))}")
+        return task
 
     @field_validator("labels")
     @classmethod

@@ -177,7 +177,7 @@ def settle_unfinished(ctx: Context) -> list[str]:
 def withdraw_batches(ctx: Context, batches: list[str], version: str, gate_json: str) -> str:
     """A gate-rejected cycle's batches leave data/ and the history statistics (kept in quarantine);
     returns the new data version."""
-    from models.classifier import load_tokenizer
+    from models.base import load_tokenizer
     from tasks import history, ingest, versioning
 
     tokenizer = load_tokenizer(ctx.config.model.base)  # history statistics are under the base tokenizer

@@ -412,33 +412,33 @@ def evaluate_challenger(
 ) -> Evaluation:
     """Both models on identical frozen sets and slices; deltas with paired bootstrap intervals."""
     from tasks.dataset import evaluation_sets
-    from tasks.inference import choose_device, predict_proba
+    from tasks.families import family_of
+    from tasks.inference import choose_device
 
+    family = family_of(config.task)
     e = config.evaluate
     device = choose_device(config.train.device)
     sets = evaluation_sets(
         ws, config.labels, plan.new_batches, plan.seen_batches, features, e.regression_max_rows, e.seed
     )
-    models, pads = _load_models(config, {"challenger": challenger_dir, "champion": champion_dir}, device)
+    models, pads = _load_models(family, config, {"challenger": challenger_dir, "champion": champion_dir}, device)
     golden = _golden_set(ws, config, challenger_dir)
     if golden is not None:
         sets["golden"] = golden
     proba = {
-        role: {name: predict_proba(model, ex.ids, pads[role], e.batch_size, device) for name, ex in sets.items()}
+        role: {name: family.predict(model, ex.ids, pads[role], e.batch_size, device) for name, ex in sets.items()}
         for role, model in models.items()
     }
-    results = [r for name, ex in sets.items() for r in _evaluate_set(config, name, ex, proba)]
+    results = [r for name, ex in sets.items() for r in _evaluate_set(family, config, name, ex, proba)]
     latency = measure_latency(models, sets["new"].ids, pads, device, e.latency_samples)
     return Evaluation(results, list(config.labels), latency, 0.95, e.bootstrap_resamples)
 
 
-def _load_models(config, sources: dict[str, str | None], device) -> tuple[dict, dict]:
-    from models.classifier import load_classifier
-
+def _load_models(family, config, sources: dict[str, str | None], device) -> tuple[dict, dict]:
     models, pads = {}, {}
     for role, source in sources.items():
         if source is not None:
-            model, tokenizer = load_classifier(source, config.labels)
+            model, tokenizer = family.load(source, config.labels)
             models[role], pads[role] = model.to(device).eval(), tokenizer.pad_token_id or 0
     return models, pads
 
@@ -447,7 +447,7 @@ def _golden_set(ws, config, tokenizer_source: str) -> Examples | None:
     """The optional hand-curated set from config, read fresh each cycle."""
     from pathlib import Path
 
-    from models.classifier import load_tokenizer
+    from models.base import load_tokenizer
 
     if not config.evaluate.golden_file:
         return None
@@ -456,14 +456,14 @@ def _golden_set(ws, config, tokenizer_source: str) -> Examples | None:
     return load_golden(str(path), config.labels, load_tokenizer(tokenizer_source), config.model.max_length)
 
 
-def _evaluate_set(config, name: str, ex: Examples, proba: dict) -> list[SetEvaluation]:
+def _evaluate_set(family, config, name: str, ex: Examples, proba: dict) -> list[SetEvaluation]:
     """A set and each of its slices (every value of each slice column, token-length buckets)."""
     e = config.evaluate
     challenger, champion = proba["challenger"][name], proba.get("champion", {}).get(name)
-    out = [evaluate_predictions(name, ex, challenger, champion, config.labels, e.bootstrap_resamples, e.seed)]
+    out = [family.evaluate_set(name, ex, challenger, champion, config.labels, e.bootstrap_resamples, e.seed)]
     for slice_name, rows in slice_index(ex, config.data.slice_columns, e.length_buckets).items():
         out.append(
-            evaluate_predictions(
+            family.evaluate_set(
                 f"{name}/{slice_name}",
                 ex.take(rows),
                 challenger[rows],

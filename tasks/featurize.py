@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from tasks.errors import KaizenError
+from tasks.families import DEFAULT_TASK, family_of
 from tasks.ingest import read_manifest, write_atomic
 from tasks.workspace import Workspace
 
@@ -47,8 +48,9 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
 
-def feature_path(ws: Workspace, batch_sha: str, fingerprint: str, max_length: int) -> Path:
-    return ws.features / f"{batch_sha[:20]}-{fingerprint}-{max_length}.npz"
+def feature_path(ws: Workspace, batch_sha: str, fingerprint: str, max_length: int, task: str = DEFAULT_TASK) -> Path:
+    """The cache file of a batch's content as `task`'s family featurizes it."""
+    return ws.features / f"{batch_sha[:20]}-{task}-{fingerprint}-{max_length}.npz"
 
 
 def tokenize_texts(texts: list[str], tokenizer, max_length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -60,35 +62,37 @@ def tokenize_texts(texts: list[str], tokenizer, max_length: int) -> tuple[np.nda
     return flat, offsets
 
 
-def featurize_batch(ws: Workspace, batch_id: str, tokenizer, max_length: int) -> FeatureInfo:
+def featurize_batch(ws: Workspace, batch_id: str, tokenizer, max_length: int, task: str = DEFAULT_TASK) -> FeatureInfo:
     import pandas as pd
 
     entry = next((e for e in read_manifest(ws) if e["batch_id"] == batch_id), None)
     if entry is None:
         raise KeyError(f"batch {batch_id} is not in {ws.manifest}")
-    path = feature_path(ws, entry["sha256"], tokenizer_fingerprint(tokenizer), max_length)
+    path = feature_path(ws, entry["sha256"], tokenizer_fingerprint(tokenizer), max_length, task)
     if path.exists():
         return FeatureInfo(batch_id, str(path), entry["rows"], cached=True)
-    texts = pd.read_parquet(ws.batch_path(batch_id), columns=["text"])["text"].tolist()
-    ids, offsets = tokenize_texts(texts, tokenizer, max_length)
+    family = family_of(task)
+    frame = pd.read_parquet(ws.batch_path(batch_id), columns=list(family.INPUT_COLUMNS))
+    ids, offsets = family.featurize(frame, tokenizer, max_length)
     write_features(path, ids, offsets)
-    return FeatureInfo(batch_id, str(path), len(texts), cached=False)
+    return FeatureInfo(batch_id, str(path), len(frame), cached=False)
 
 
-def featurize_pool(ws: Workspace, tokenizer, max_length: int) -> FeatureInfo:
+def featurize_pool(ws: Workspace, tokenizer, max_length: int, task: str = DEFAULT_TASK) -> FeatureInfo:
     """Token ids of the pool (tasks/pool.py), cached by its content like a batch's: bounded
     in size, so re-tokenizing it after each ingest costs the same however long the history."""
     import pandas as pd
 
     from tasks.pool import pool_path, pool_sha
 
-    path = feature_path(ws, pool_sha(ws), tokenizer_fingerprint(tokenizer), max_length)
-    texts = None
+    path = feature_path(ws, pool_sha(ws), tokenizer_fingerprint(tokenizer), max_length, task)
+    frame = None
     if not path.exists():
-        texts = pd.read_parquet(pool_path(ws), columns=["text"])["text"].tolist()
-        ids, offsets = tokenize_texts(texts, tokenizer, max_length)
+        family = family_of(task)
+        frame = pd.read_parquet(pool_path(ws), columns=list(family.INPUT_COLUMNS))
+        ids, offsets = family.featurize(frame, tokenizer, max_length)
         write_features(path, ids, offsets)
-    return FeatureInfo("<pool>", str(path), -1 if texts is None else len(texts), cached=texts is None)
+    return FeatureInfo("<pool>", str(path), -1 if frame is None else len(frame), cached=frame is None)
 
 
 def write_features(path: Path, ids: np.ndarray, offsets: np.ndarray) -> None:

@@ -72,7 +72,7 @@ def build_missing_pool(ctx: Context) -> str | None:
 def refresh_history(ctx: Context) -> None:
     """Rebuild the history statistics if they no longer match the manifest (after a rollback or
     a finished change, the step that would have updated them never ran)."""
-    from models.classifier import load_tokenizer
+    from models.base import load_tokenizer
     from tasks.history import load_history
 
     if ctx.ws.manifest.exists():

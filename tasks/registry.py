@@ -279,7 +279,7 @@ def register_challenger(
             name="model",
             python_model=str(SERVING_CODE),
             artifacts={"classifier": str(model_dir)},
-            model_config={"max_length": config.model.max_length, "weights_sha256": sha},
+            model_config={"max_length": config.model.max_length, "weights_sha256": sha, "task": config.task},
             signature=infer_signature(example, output),
             input_example=example,
             pip_requirements=[],  # served from the kaizen environment itself

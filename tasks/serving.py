@@ -33,7 +33,7 @@ def _who(model_root: Path) -> str:
 
 class KaizenClassifier(PythonModel):
     def load_context(self, context):
-        from models.classifier import load_saved_classifier
+        from tasks.families import DEFAULT_TASK, family_of
         from tasks.registry import refuse_pickles, verify_weights
 
         config = context.model_config or {}
@@ -44,15 +44,15 @@ class KaizenClassifier(PythonModel):
         # Verified here, not only in the registry client, so a server loading the model is protected too.
         refuse_pickles(root, who)
         verify_weights(classifier, str(config.get("weights_sha256", "")), who)
-        self.model, self.tokenizer = load_saved_classifier(classifier)
+        # Versions registered before the task travelled with the model are classifiers.
+        family = family_of(str(config.get("task", DEFAULT_TASK)))
+        self.family = family
+        self.model, self.tokenizer = family.load_saved(classifier)
         self.max_length = int(config.get("max_length", DEFAULT_MAX_LENGTH))
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        from tasks.inference import predict_texts, predictions_frame
-
         texts = [str(t) for t in model_input["text"].tolist()]
-        proba = predict_texts(self.model, self.tokenizer, texts, self.max_length)
-        return predictions_frame(proba, self.model)
+        return self.family.predict_frame(self.model, self.tokenizer, texts, self.max_length)
 
 
 mlflow.models.set_model(KaizenClassifier())

@@ -32,13 +32,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from models.classifier import load_classifier, save_classifier
+from models.base import save_model
 from tasks.batching import length_grouped_batches, pad_batch
 from tasks.config import KaizenConfig, LoraConfig, TrainConfig
 from tasks.cycle import CyclePlan
 from tasks.dataset import Examples, read_examples, save_examples, training_sets
 from tasks.errors import KaizenError, StorageError
-from tasks.inference import accuracy_and_loss, choose_device, predict_logits
+from tasks.families import DEFAULT_TASK, Family, family_of
+from tasks.inference import choose_device
 from tasks.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -74,10 +75,11 @@ class TrainResult:
     validation_rows: int
     steps: int
     epochs_run: float
-    best_validation_accuracy: float
+    best_validation: float  # of `validation_metric`, the family's primary metric
     stopped_early: bool
     samples_per_second: float
     wall_seconds: float
+    validation_metric: str = "accuracy"
     processes: int = 1
     resumed_from_step: int = 0
     batch_size: int = 0
@@ -169,12 +171,12 @@ def _silent(_: str) -> None:
     pass
 
 
-def _wrap_lora(model: torch.nn.Module, lora: LoraConfig) -> torch.nn.Module:
+def _wrap_lora(model: torch.nn.Module, lora: LoraConfig, task_type: str) -> torch.nn.Module:
     from peft import LoraConfig as PeftLora
     from peft import TaskType, get_peft_model
 
     config = PeftLora(
-        task_type=TaskType.SEQ_CLS,
+        task_type=TaskType[task_type],
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
@@ -208,7 +210,7 @@ class LoopState:
     step: int = 0
     epoch: int = 0
     micro: int = 0  # the next micro-batch of `epoch`
-    best_score: list[float] | None = None  # [val accuracy, -val loss]
+    best_score: list[float] | None = None  # [val primary metric (higher = better), -val loss]
     bad_evals: int = 0
     best_weights: dict[str, torch.Tensor] | None = None
     loss_sum: float = 0.0  # since the last evaluation
@@ -242,6 +244,7 @@ class LoopState:
 class TrainingRun:
     """What stays fixed while the loop runs."""
 
+    family: Family
     accelerator: Accelerator
     model: torch.nn.Module  # prepared: possibly DDP-wrapped, possibly peft
     tokenizer: PreTrainedTokenizerBase
@@ -297,8 +300,9 @@ def train_classifier(
     log: Log = print,
     log_metrics: LogMetrics | None = None,
     checkpoint_dir: Path | str | None = None,
+    task: str = DEFAULT_TASK,
 ) -> TrainResult:
-    """Train from `start_from` (base encoder or champion directory); save the best model.
+    """Train a model of family `task` from `start_from` (base model or champion directory); save the best one.
 
     On CUDA an out-of-memory error halves the micro-batch and doubles accumulation (same
     effective batch), then retries from the last checkpoint.
@@ -306,7 +310,16 @@ def train_classifier(
     while True:
         try:
             return run_training(
-                start_from, labels, train_set, validation_set, config, output_dir, log, log_metrics, checkpoint_dir
+                start_from,
+                labels,
+                train_set,
+                validation_set,
+                config,
+                output_dir,
+                log,
+                log_metrics,
+                checkpoint_dir,
+                task,
             )
         except torch.cuda.OutOfMemoryError:
             if config.batch_size <= 1:
@@ -333,9 +346,12 @@ def run_training(
     log: Log,
     log_metrics: LogMetrics | None,
     checkpoint_dir: Path | str | None,
+    task: str = DEFAULT_TASK,
 ) -> TrainResult:
     """One attempt at training: the whole loop, top to bottom."""
-    run, state = prepare_run(start_from, labels, train_set, validation_set, config, log, log_metrics, checkpoint_dir)
+    run, state = prepare_run(
+        start_from, labels, train_set, validation_set, config, log, log_metrics, checkpoint_dir, task
+    )
     for epoch in range(state.epoch, config.epochs):
         run.model.train()
         batches = run.epoch_batches(epoch)
@@ -366,13 +382,17 @@ def prepare_run(
     log: Log,
     log_metrics: LogMetrics | None,
     checkpoint_dir: Path | str | None,
+    task: str = DEFAULT_TASK,
 ) -> tuple[TrainingRun, LoopState]:
     """Model, teacher logits, LoRA, optimizer and schedule, then resume from the newest checkpoint."""
     if len(train_set) == 0:
         raise ValueError("nothing to train on: the new batches have no train rows")
+    family = family_of(task)
     accelerator, bf16 = _accelerator(config)
     log = log if accelerator.is_main_process else _silent
-    model, tokenizer, teacher, replayed = _load_student(start_from, labels, train_set, config, accelerator.device)
+    model, tokenizer, teacher, replayed = _load_student(
+        family, start_from, labels, train_set, config, accelerator.device
+    )
     lengths = [len(r) for r in train_set.ids]
     steps_per_epoch = _steps_per_epoch(lengths, config, accelerator.num_processes)
     optimizer, scheduler = _optimizer_and_schedule(model, config, steps_per_epoch * config.epochs)
@@ -382,6 +402,7 @@ def prepare_run(
     model, optimizer = accelerator.prepare(model, optimizer)
     eval_every = config.eval_every_steps or steps_per_epoch
     run = TrainingRun(
+        family=family,
         accelerator=accelerator,
         model=model,
         tokenizer=tokenizer,
@@ -427,19 +448,19 @@ def _steps_per_epoch(lengths: list[int], config: TrainConfig, world: int) -> int
 
 
 def _load_student(
-    start_from: str, labels: list[str], train_set: Examples, config: TrainConfig, device: torch.device
+    family: Family, start_from: str, labels: list[str], train_set: Examples, config: TrainConfig, device: torch.device
 ) -> tuple[torch.nn.Module, PreTrainedTokenizerBase, np.ndarray | None, np.ndarray]:
     """The model to train (LoRA-wrapped if asked), its tokenizer, teacher logits and the replayed mask."""
     torch.manual_seed(config.seed)
-    model, tokenizer = load_classifier(start_from, labels, seed=config.seed)
+    model, tokenizer = family.load(start_from, labels, seed=config.seed)
     meta = train_set.meta
     replayed = meta["replayed"].to_numpy(dtype=bool) if "replayed" in meta else np.zeros(len(train_set), bool)
     teacher = None
     if config.distill_weight > 0 and replayed.any():
         # The warm start *is* the champion: its logits before training are the teacher.
-        teacher = predict_logits(model.to(device), train_set.ids, tokenizer.pad_token_id or 0, 64, device)
+        teacher = family.logits(model.to(device), train_set.ids, tokenizer.pad_token_id or 0, 64, device)
     if config.lora.enabled:
-        model = _wrap_lora(model, config.lora)
+        model = _wrap_lora(model, config.lora, family.LORA_TASK_TYPE)
     return model, tokenizer, teacher, replayed
 
 
@@ -471,7 +492,7 @@ def micro_step(run: TrainingRun, state: LoopState, epoch: int, micro: int, index
     # Dropout seeded from the position, not from a generator's history: a resumed run draws the same masks.
     torch.manual_seed(run.config.seed * 1_000_003 + epoch * 10_007 + micro)
     input_ids, mask = pad_batch([run.train_set.ids[i] for i in index], run.pad_id)
-    target = torch.from_numpy(run.train_set.labels[index]).to(run.device)
+    target = run.family.targets(run.train_set, index).to(run.device)
     with torch.autocast(device_type=run.device.type, dtype=torch.bfloat16, enabled=run.bf16):
         logits = run.model(input_ids=input_ids.to(run.device), attention_mask=mask.to(run.device)).logits.float()
     loss = _loss(run, logits, target, index)
@@ -490,7 +511,7 @@ def micro_step(run: TrainingRun, state: LoopState, epoch: int, micro: int, index
 
 
 def _loss(run: TrainingRun, logits: torch.Tensor, target: torch.Tensor, index: np.ndarray) -> torch.Tensor:
-    loss = torch.nn.functional.cross_entropy(logits, target)
+    loss = run.family.loss(logits, target)
     if run.teacher is None:
         return loss
     teacher = torch.from_numpy(run.teacher[index]).to(run.device)
@@ -513,25 +534,28 @@ def evaluate_and_track_best(run: TrainingRun, state: LoopState, epoch: int) -> N
     """Validate, report, keep the best weights so far and count evaluations without improvement."""
     elapsed = time.perf_counter() - run.started
     unwrapped = run.accelerator.unwrap_model(run.model)
-    val_acc, val_loss = accuracy_and_loss(
+    metric = run.family.PRIMARY_METRIC
+    measured = run.family.validation_metrics(
         unwrapped, run.validation_set, run.pad_id, run.config.batch_size * 2, run.device
     )
+    val_score, val_loss = measured[metric], measured["loss"]
     unwrapped.train()
     rate = state.rows_all / max(elapsed, 1e-9)
     eta = (run.total_steps - state.step) * elapsed / max(state.step - run.resumed_from, 1)
     train_loss = state.loss_sum / max(state.loss_n, 1)
     run.log(
         f"train: step {state.step}/{run.total_steps} epoch {epoch + 1} loss {train_loss:.4f} "
-        f"val_acc {val_acc:.4f} val_loss {val_loss:.4f} {rate:.1f} samples/s ETA {_format_eta(eta)}"
+        f"val_{metric} {val_score:.4f} val_loss {val_loss:.4f} {rate:.1f} samples/s ETA {_format_eta(eta)}"
     )
     if run.log_metrics and run.main:
         run.log_metrics(
-            {"train_loss": train_loss, "val_accuracy": val_acc, "val_loss": val_loss, "samples_per_s": rate}, state.step
+            {"train_loss": train_loss, f"val_{metric}": val_score, "val_loss": val_loss, "samples_per_s": rate},
+            state.step,
         )
     state.loss_sum, state.loss_n = 0.0, 0
-    # Validation accuracy decides; its loss breaks ties (accuracy saturates on easy data).
-    score = [val_acc, -val_loss]
-    if state.best_score is None or math.isnan(val_acc) or score > state.best_score:
+    # The family's primary metric decides; the loss breaks ties (accuracy saturates on easy data).
+    score = [val_score if run.family.HIGHER_IS_BETTER else -val_score, -val_loss]
+    if state.best_score is None or math.isnan(val_score) or score > state.best_score:
         state.best_score, state.bad_evals = score, 0
         state.best_weights = {k: v.detach().cpu().clone() for k, v in unwrapped.state_dict().items()}
     else:
@@ -565,9 +589,9 @@ def finish(run: TrainingRun, state: LoopState, output_dir: Path | str) -> TrainR
     if state.best_weights is not None:
         model.load_state_dict(state.best_weights)
     if run.config.lora.enabled:
-        model = model.merge_and_unload()  # a plain classifier: servable with no peft at load time
+        model = model.merge_and_unload()  # a plain model: servable with no peft at load time
     if run.main:
-        save_classifier(model.to("cpu"), run.tokenizer, output_dir)
+        save_model(model.to("cpu"), run.tokenizer, output_dir)
     rank_rows, rank_saved = _per_rank(run, state.rows_here, saved=run.main)
     return TrainResult(
         model_dir=str(output_dir) if run.main else "",
@@ -576,7 +600,8 @@ def finish(run: TrainingRun, state: LoopState, output_dir: Path | str) -> TrainR
         validation_rows=len(run.validation_set),
         steps=state.step,
         epochs_run=round(state.step / run.steps_per_epoch, 3),
-        best_validation_accuracy=float(state.best_score[0]) if state.best_score else float("nan"),
+        best_validation=_best_validation(run, state),
+        validation_metric=run.family.PRIMARY_METRIC,
         stopped_early=state.stopped_early,
         samples_per_second=state.rows_all / max(wall, 1e-9),
         wall_seconds=wall,
@@ -588,6 +613,12 @@ def finish(run: TrainingRun, state: LoopState, output_dir: Path | str) -> TrainR
         rank_rows=rank_rows,
         rank_saved=rank_saved,
     )
+
+
+def _best_validation(run: TrainingRun, state: LoopState) -> float:
+    if not state.best_score:
+        return float("nan")
+    return float(state.best_score[0] if run.family.HIGHER_IS_BETTER else -state.best_score[0])
 
 
 def _per_rank(run: TrainingRun, rows: int, saved: bool) -> tuple[list[int], list[bool]]:
@@ -610,6 +641,7 @@ def launch_distributed(
     scratch: Path,
     checkpoint_dir: Path | None,
     log: Log = print,
+    task: str = DEFAULT_TASK,
 ) -> TrainResult:
     """Run `train_classifier` in `config.num_processes` processes via torchrun (rank 0 saves)."""
     scratch.mkdir(parents=True, exist_ok=True)
@@ -622,6 +654,7 @@ def launch_distributed(
         "output_dir": str(output_dir),
         "scratch": str(scratch),
         "checkpoint_dir": str(checkpoint_dir) if checkpoint_dir else None,
+        "task": task,
     }
     (scratch / "spec.json").write_text(json.dumps(spec))
     for stale in scratch.glob(DIVERGED_FILE.format(rank="*")):
@@ -671,6 +704,7 @@ def _worker(spec_path: str) -> None:
             spec["output_dir"],
             log=lambda line: print(line, flush=True),
             checkpoint_dir=spec["checkpoint_dir"],
+            task=spec["task"],
         )
     except TrainingDiverged as exc:
         (scratch / DIVERGED_FILE.format(rank=os.environ.get("RANK", "0"))).write_text(str(exc))
@@ -708,7 +742,7 @@ def train_challenger(
         if t.num_processes > 1:
             dist = Path(output_dir).parent / "dist"
             result = launch_distributed(
-                start_from, config.labels, train, validation, t, Path(output_dir), dist, checkpoints, log
+                start_from, config.labels, train, validation, t, Path(output_dir), dist, checkpoints, log, config.task
             )
         else:
             result = train_classifier(
@@ -721,6 +755,7 @@ def train_challenger(
                 log,
                 log_metrics,
                 checkpoint_dir=checkpoints,
+                task=config.task,
             )
     except TrainingDiverged:
         # Resuming a diverged run would replay the same steps to the same NaN: its checkpoints are waste.

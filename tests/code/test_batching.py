@@ -28,7 +28,7 @@ def test_sorted_batches_cover_all_rows():
 
 
 def test_ragged_features_round_trip(tmp_path):
-    from models.classifier import load_tokenizer
+    from models.base import load_tokenizer
 
     tokenizer = load_tokenizer("tiny")
     ids, offsets = tokenize_texts(["a short one", "a somewhat longer sentence here"], tokenizer, 64)

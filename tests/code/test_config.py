@@ -92,6 +92,12 @@ def test_invalid_value_names_the_field(tmp_path):
         load_config(tmp_path, environ={})
 
 
+def test_unknown_task_names_the_tasks_there_are(tmp_path):
+    (tmp_path / "kaizen.yaml").write_text("task: regression\n")
+    with pytest.raises(ConfigError, match=r"task.*unknown task 'regression'; kaizen has classification"):
+        load_config(tmp_path, environ={})
+
+
 def test_unknown_field_is_rejected(tmp_path):
     with pytest.raises(ConfigError, match=r"train\.epocs"):
         load_config(tmp_path, {"train.epocs": 3}, environ={})

@@ -1,6 +1,6 @@
 import pandas as pd
 
-from models.classifier import load_tokenizer
+from models.base import load_tokenizer
 from tasks.config import load_config
 from tasks.featurize import featurize_batch, load_features
 from tasks.ingest import content_hash, prepare_batch, write_batch

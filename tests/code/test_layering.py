@@ -31,3 +31,26 @@ def test_imports_go_one_way():
     bad = [f"{p.relative_to(REPO)}: {m}" for p, m in _imports("tasks") if m.split(".")[0] == "flows"]
     bad += [f"{p.relative_to(REPO)}: {m}" for p, m in _imports("models") if m.split(".")[0] in ("flows", "tasks")]
     assert bad == []
+
+
+def test_only_the_family_modules_know_a_family():
+    """flows/, the gate, registry, lineage, ledger, backtest, report and service choose a family
+    through `tasks.families.family_of(config.task)`; none imports a family module itself."""
+    family_modules = ("models.classifier", "tasks.families.")
+    offenders = [
+        f"{p.relative_to(REPO)}: {m}"
+        for pkg in ("flows", "tasks")
+        for p, m in _imports(pkg)
+        if (m == "models.classifier" or m.startswith(family_modules)) and "families" not in p.parts
+    ]
+    assert offenders == []
+
+
+def test_every_family_module_has_the_whole_protocol():
+    from tasks.families import MODULES, Family, family_of
+
+    wanted = {n for n in dir(Family) if not n.startswith("_")} | set(Family.__annotations__)
+    for task in MODULES:
+        module = family_of(task)
+        assert module.NAME == task
+        assert sorted(wanted - set(dir(module))) == [], task

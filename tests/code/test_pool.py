@@ -72,7 +72,7 @@ def test_a_withdrawn_batch_leaves_the_pool(workspace, config):
 
 def test_replay_and_regression_read_the_pool_not_the_earlier_batches(workspace, config):
     """The earlier batches' files are deleted after pooling: the sets still come out."""
-    from models.classifier import load_tokenizer
+    from models.base import load_tokenizer
     from tasks.dataset import POOL, evaluation_sets, training_sets
     from tasks.featurize import featurize_batch, featurize_pool
     from tasks.ingest import write_batch

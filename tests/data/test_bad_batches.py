@@ -152,7 +152,7 @@ def test_bad_batch_is_refused_and_named(home, tmp_path, capsys, name):
 
 
 def test_warn_level_drift_lets_the_batch_in_with_a_warning(home, tmp_path):
-    from models.classifier import load_tokenizer
+    from models.base import load_tokenizer
     from tasks.config import load_config
     from tasks.history import load_history
     from tasks.ingest import prepare_batch

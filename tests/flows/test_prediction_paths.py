@@ -13,14 +13,15 @@ TEXTS = ["The soup was delicious.", LONG, LONG + " and then it broke for good, a
 
 @pytest.fixture(scope="module")
 def registered(tmp_path_factory):
-    from models.classifier import build_tiny, save_classifier
+    from models.base import save_model
+    from models.classifier import build_tiny
     from tasks.context import Context
     from tasks.registry import ensure_experiment, register_challenger
     from tests.conftest import make_workspace
 
     root = make_workspace(tmp_path_factory.mktemp("predict") / "ws")
     ctx = Context.open(root)
-    model_dir = save_classifier(*build_tiny(ctx.config.labels, seed=11), root.parent / "model")
+    model_dir = save_model(*build_tiny(ctx.config.labels, seed=11), root.parent / "model")
     run = ctx.client.create_run(ensure_experiment(ctx.client, ctx.ws, ctx.config))
     ref = register_challenger(ctx.client, ctx.config, run.info.run_id, model_dir, {}, TEXTS[:1])
     return ctx, ref.version, model_dir

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file
 
-from models.classifier import load_tokenizer
+from models.base import load_tokenizer
 from tasks.config import TrainConfig
 from tasks.dataset import Examples, save_examples
 from tasks.featurize import tokenize_texts
@@ -288,4 +288,4 @@ def test_bf16_autocast_path_runs_on_cpu(tmp_path, monkeypatch):
     assert dtypes == {torch.bfloat16}  # the forward pass really ran under bf16 autocast
     weights = _weights(tmp_path / "m")
     assert all(w.dtype == torch.float32 for w in weights.values())  # autocast computes in bf16, stores fp32
-    assert result.steps > 0 and np.isfinite(result.best_validation_accuracy)
+    assert result.steps > 0 and np.isfinite(result.best_validation)

@@ -25,7 +25,8 @@ def _register(workspace: str, run_id: str, model_dir: str, barrier, results) -> 
 
 @pytest.mark.slow
 def test_concurrent_registrations_get_distinct_versions_and_valid_aliases(workspace, tmp_path):
-    from models.classifier import build_tiny, save_classifier
+    from models.base import save_model
+    from models.classifier import build_tiny
     from tasks.config import load_config
     from tasks.registry import CHALLENGER, connect, ensure_experiment, get_alias, list_versions
     from tasks.workspace import Workspace
@@ -33,7 +34,7 @@ def test_concurrent_registrations_get_distinct_versions_and_valid_aliases(worksp
     ws = Workspace.at(workspace)
     config = load_config(ws.root)
     client = connect(ws, config)
-    model_dir = save_classifier(*build_tiny(config.labels), tmp_path / "m")
+    model_dir = save_model(*build_tiny(config.labels), tmp_path / "m")
     experiment = ensure_experiment(client, ws, config)
     run_ids = [client.create_run(experiment).info.run_id for _ in range(WRITERS)]
 
@@ -68,7 +69,8 @@ def test_concurrent_registrations_get_distinct_versions_and_valid_aliases(worksp
 
 
 def _one_registration(workspace, tmp_path):
-    from models.classifier import build_tiny, save_classifier
+    from models.base import save_model
+    from models.classifier import build_tiny
     from tasks.config import load_config
     from tasks.registry import connect, ensure_experiment
     from tasks.workspace import Workspace
@@ -76,7 +78,7 @@ def _one_registration(workspace, tmp_path):
     ws = Workspace.at(workspace)
     config = load_config(ws.root)
     client = connect(ws, config)
-    model_dir = save_classifier(*build_tiny(config.labels), tmp_path / "m")
+    model_dir = save_model(*build_tiny(config.labels), tmp_path / "m")
     return config, client, model_dir, ensure_experiment(client, ws, config)
 
 

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from models.classifier import load_tokenizer
+from models.base import load_tokenizer
 from tasks.config import TrainConfig
 from tasks.dataset import Examples
 from tasks.featurize import tokenize_texts

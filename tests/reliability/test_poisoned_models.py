@@ -16,12 +16,13 @@ TEXTS = ["The soup was delicious.", "The battery died after a day."]
 @pytest.fixture
 def registered(workspace, tmp_path):
     """Three versions of one tiny classifier, registered the way a cycle registers them."""
-    from models.classifier import build_tiny, save_classifier
+    from models.base import save_model
+    from models.classifier import build_tiny
     from tasks.context import Context
     from tasks.registry import ensure_experiment, register_challenger
 
     ctx = Context.open(workspace)
-    model_dir = save_classifier(*build_tiny(ctx.config.labels, seed=11), tmp_path / "model")
+    model_dir = save_model(*build_tiny(ctx.config.labels, seed=11), tmp_path / "model")
     experiment = ensure_experiment(ctx.client, ctx.ws, ctx.config)
     versions = []
     for _ in range(3):
@@ -44,9 +45,10 @@ def _stored_classifier(ctx, version: str) -> Path:
 
 def _swap_weights(ctx, version: str, tmp_path: Path) -> None:
     """Replace the stored weights with another, valid, safetensors file (a different model)."""
-    from models.classifier import build_tiny, save_classifier
+    from models.base import save_model
+    from models.classifier import build_tiny
 
-    other = save_classifier(*build_tiny(ctx.config.labels, seed=99), tmp_path / "other")
+    other = save_model(*build_tiny(ctx.config.labels, seed=99), tmp_path / "other")
     stored = _stored_classifier(ctx, version) / "model.safetensors"
     before = stored.read_bytes()
     stored.write_bytes((other / "model.safetensors").read_bytes())
@@ -159,12 +161,13 @@ def test_untouched_versions_still_load_and_predict(registered, tmp_path, capsys)
 def test_registering_a_directory_with_a_pickle_is_refused(workspace, tmp_path):
     import torch
 
-    from models.classifier import build_tiny, save_classifier
+    from models.base import save_model
+    from models.classifier import build_tiny
     from tasks.context import Context
     from tasks.registry import TamperedModelError, ensure_experiment, list_versions, register_challenger
 
     ctx = Context.open(workspace)
-    model_dir = save_classifier(*build_tiny(ctx.config.labels, seed=11), tmp_path / "model")
+    model_dir = save_model(*build_tiny(ctx.config.labels, seed=11), tmp_path / "model")
     torch.save({"w": torch.zeros(1)}, model_dir / "training_args.bin")
     run = ctx.client.create_run(ensure_experiment(ctx.client, ctx.ws, ctx.config))
     with pytest.raises(TamperedModelError, match=r"training_args\.bin"):

@@ -8,7 +8,8 @@ import pytest
 
 
 def _registry_with_versions(workspace, tmp_path, count: int, verdict: str = "pass"):
-    from models.classifier import build_tiny, save_classifier
+    from models.base import save_model
+    from models.classifier import build_tiny
     from tasks.config import load_config
     from tasks.registry import connect, ensure_experiment, register_challenger
     from tasks.workspace import Workspace
@@ -16,7 +17,7 @@ def _registry_with_versions(workspace, tmp_path, count: int, verdict: str = "pas
     ws = Workspace.at(workspace)
     config = load_config(ws.root)
     client = connect(ws, config)
-    model_dir = save_classifier(*build_tiny(config.labels), tmp_path / "m")
+    model_dir = save_model(*build_tiny(config.labels), tmp_path / "m")
     experiment = ensure_experiment(client, ws, config)
     versions = []
     for _ in range(count):

@@ -175,7 +175,7 @@ def test_a_full_disk_while_ingesting_is_one_line_naming_the_file(workspace, tmp_
 def test_a_full_disk_while_featurizing_is_one_error_naming_the_file(workspace, monkeypatch):
     import numpy as np
 
-    from models.classifier import load_tokenizer
+    from models.base import load_tokenizer
     from tasks.config import load_config
     from tasks.featurize import FeatureError, featurize_batch
     from tasks.ingest import content_hash, prepare_batch, write_batch
