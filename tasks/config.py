@@ -418,10 +418,15 @@ class KaizenConfig(_Section):
     @field_validator("task")
     @classmethod
     def _task_known(cls, task: str) -> str:
-        from tasks.families import MODULES
+        from tasks.families import IN_THE_CYCLE, MODULES
 
+        if task in MODULES and task not in IN_THE_CYCLE:
+            raise ValueError(
+                f"task {task!r}: its model, training and metrics exist, but the cycle does not take it yet; "
+                f"the cycle takes {', '.join(IN_THE_CYCLE)}"
+            )
         if task not in MODULES:
-            raise ValueError(f"unknown task {task!r}; kaizen has {', '.join(sorted(MODULES))}")
+            raise ValueError(f"unknown task {task!r}; kaizen has {', '.join(IN_THE_CYCLE)}")
         return task
 
     @field_validator("labels")

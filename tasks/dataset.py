@@ -13,28 +13,38 @@ from tasks.workspace import Workspace
 
 @dataclass
 class Examples:
-    """Rows ready for a model: ragged token ids, label indices and row metadata."""
+    """Rows ready for a model: ragged token ids, label indices and row metadata.
+
+    `labels` is one class index per row (what stratified sampling groups by); a family whose
+    targets are per token (token classification) also fills `targets`, ragged like `ids`.
+    """
 
     ids: list[np.ndarray] = field(default_factory=list)
     labels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     meta: pd.DataFrame = field(default_factory=pd.DataFrame)
+    targets: list[np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def take(self, index: np.ndarray) -> Examples:
         index = np.asarray(index, dtype=np.int64)
-        return Examples([self.ids[i] for i in index], self.labels[index], self.meta.iloc[index].reset_index(drop=True))
+        targets = None if self.targets is None else [self.targets[i] for i in index]
+        return Examples(
+            [self.ids[i] for i in index], self.labels[index], self.meta.iloc[index].reset_index(drop=True), targets
+        )
 
     @staticmethod
     def concat(parts: list[Examples]) -> Examples:
         parts = [p for p in parts if len(p)]
         if not parts:
             return Examples()
+        targets = None if any(p.targets is None for p in parts) else [t for p in parts for t in p.targets]
         return Examples(
             [row for p in parts for row in p.ids],
             np.concatenate([p.labels for p in parts]),
             pd.concat([p.meta for p in parts], ignore_index=True),
+            targets,
         )
 
 
@@ -170,11 +180,15 @@ def save_examples(examples: Examples, path) -> None:
     replayed = (
         examples.meta["replayed"].to_numpy(dtype=bool) if "replayed" in examples.meta else np.zeros(len(examples), bool)
     )
-    np.savez(path, ids=flat, lengths=lengths, labels=examples.labels, replayed=replayed)
+    extra = {}
+    if examples.targets is not None:  # ragged like ids, so the same lengths cut them
+        extra["targets"] = np.concatenate(examples.targets).astype(np.int64) if len(examples) else flat
+    np.savez(path, ids=flat, lengths=lengths, labels=examples.labels, replayed=replayed, **extra)
 
 
 def read_examples(path) -> Examples:
     with np.load(path, allow_pickle=False) as data:
         offsets = np.concatenate([[0], np.cumsum(data["lengths"])])
-        ids = [data["ids"][offsets[i] : offsets[i + 1]] for i in range(len(data["lengths"]))]
-        return Examples(ids, data["labels"], pd.DataFrame({"replayed": data["replayed"]}))
+        cut = lambda flat: [flat[offsets[i] : offsets[i + 1]] for i in range(len(data["lengths"]))]
+        targets = cut(data["targets"]) if "targets" in data else None
+        return Examples(cut(data["ids"]), data["labels"], pd.DataFrame({"replayed": data["replayed"]}), targets)

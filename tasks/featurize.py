@@ -73,8 +73,7 @@ def featurize_batch(ws: Workspace, batch_id: str, tokenizer, max_length: int, ta
         return FeatureInfo(batch_id, str(path), entry["rows"], cached=True)
     family = family_of(task)
     frame = pd.read_parquet(ws.batch_path(batch_id), columns=list(family.INPUT_COLUMNS))
-    ids, offsets = family.featurize(frame, tokenizer, max_length)
-    write_features(path, ids, offsets)
+    write_features(path, **family.featurize(frame, tokenizer, max_length))
     return FeatureInfo(batch_id, str(path), len(frame), cached=False)
 
 
@@ -90,28 +89,34 @@ def featurize_pool(ws: Workspace, tokenizer, max_length: int, task: str = DEFAUL
     if not path.exists():
         family = family_of(task)
         frame = pd.read_parquet(pool_path(ws), columns=list(family.INPUT_COLUMNS))
-        ids, offsets = family.featurize(frame, tokenizer, max_length)
-        write_features(path, ids, offsets)
+        write_features(path, **family.featurize(frame, tokenizer, max_length))
     return FeatureInfo("<pool>", str(path), -1 if frame is None else len(frame), cached=frame is None)
 
 
-def write_features(path: Path, ids: np.ndarray, offsets: np.ndarray) -> None:
+def write_features(path: Path, ids: np.ndarray, offsets: np.ndarray, **per_token: np.ndarray) -> None:
     """Write the cache file atomically; a failed write (a full disk) leaves no file at `path`
-    and no temporary beside it (write_atomic), and becomes one line naming the file."""
+    and no temporary beside it (write_atomic), and becomes one line naming the file.
+    `per_token`: a family's arrays aligned with `ids` (cut by the same offsets)."""
     try:
-        write_atomic(path, lambda tmp: _save_npz(tmp, ids, offsets))
+        write_atomic(path, lambda tmp: _save_npz(tmp, ids=ids, offsets=offsets, **per_token))
     except OSError as exc:
         reason = (exc.strerror or str(exc) or type(exc).__name__).lower()
         raise FeatureError(f"{path}: cannot write token features: {reason}") from None
 
 
-def _save_npz(path: str, ids: np.ndarray, offsets: np.ndarray) -> None:
+def _save_npz(path: str, **arrays: np.ndarray) -> None:
     with open(path, "wb") as handle:  # a handle: np.savez would append .npz to a bare name
-        np.savez(handle, ids=ids, offsets=offsets)
+        np.savez(handle, **arrays)
 
 
 def load_features(path: Path | str) -> list[np.ndarray]:
     """Ragged ids, one array per row. np.load without pickle: plain arrays only."""
+    return load_feature_rows(path)["ids"]
+
+
+def load_feature_rows(path: Path | str) -> dict[str, list[np.ndarray]]:
+    """Every per-token array of a cache file (`ids`, and a family's own), ragged by row."""
     with np.load(path, allow_pickle=False) as data:
-        ids, offsets = data["ids"], data["offsets"]
-    return [ids[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
+        offsets = data["offsets"]
+        flat = {k: data[k] for k in data.files if k != "offsets"}
+    return {k: [v[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)] for k, v in flat.items()}

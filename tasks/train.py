@@ -456,7 +456,7 @@ def _load_student(
     meta = train_set.meta
     replayed = meta["replayed"].to_numpy(dtype=bool) if "replayed" in meta else np.zeros(len(train_set), bool)
     teacher = None
-    if config.distill_weight > 0 and replayed.any():
+    if config.distill_weight > 0 and replayed.any() and family.DISTILLS:
         # The warm start *is* the champion: its logits before training are the teacher.
         teacher = family.logits(model.to(device), train_set.ids, tokenizer.pad_token_id or 0, 64, device)
     if config.lora.enabled:

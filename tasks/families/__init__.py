@@ -3,8 +3,12 @@
 A family is one module (tasks/families/<name>.py) that provides everything below. The cycle,
 gate, registry, lineage, ledger, backtest, report and service get the module from
 `family_of(config.task)` and never import a family module themselves
-(tests/code/test_layering.py holds them to it). Today: `classification`. Token
-classification and causal LM are the next modules behind the same protocol (issue 12).
+(tests/code/test_layering.py holds them to it).
+
+Families: `classification`, the one the cycle takes today, and `token-classification`, whose
+model, training, featurization and metrics exist (benchmarks/ner_accuracy.py uses them) and
+which the cycle takes once ingest, validation, the pool and the gate read it (issue 12).
+Causal LM comes next behind the same protocol.
 """
 
 from __future__ import annotations
@@ -23,13 +27,19 @@ if TYPE_CHECKING:
 
 DEFAULT_TASK = "classification"
 # task name -> module; a new family is one entry here and one module.
-MODULES = {"classification": "tasks.families.classification"}
+MODULES = {
+    "classification": "tasks.families.classification",
+    "token-classification": "tasks.families.token_classification",
+}
+# The families a `kaizen.yaml` may name: those the whole cycle (ingest to serving) takes.
+IN_THE_CYCLE = ("classification",)
 
 
 class Family(Protocol):
     NAME: str
     PRIMARY_METRIC: str  # what model selection during training and the gate's floors read
     HIGHER_IS_BETTER: bool
+    DISTILLS: bool  # whether the champion's outputs can teach replayed rows (train.distill_weight)
     INPUT_COLUMNS: tuple[str, ...]  # the batch columns `featurize` reads
     LORA_TASK_TYPE: str  # the name of peft's TaskType for this family's models
 
@@ -39,8 +49,9 @@ class Family(Protocol):
     def load_saved(self, path: Path | str) -> tuple[torch.nn.Module, object]:
         """A saved kaizen model directory as it was trained, in eval mode."""
 
-    def featurize(self, frame: pd.DataFrame, tokenizer, max_length: int) -> tuple[np.ndarray, np.ndarray]:
-        """Flat token ids and row offsets of a batch's rows."""
+    def featurize(self, frame: pd.DataFrame, tokenizer, max_length: int) -> dict[str, np.ndarray]:
+        """`ids` (flat token ids), `offsets` (where each row starts) and any per-token array of
+        the family's own, cut by the same offsets; cached per batch (tasks/featurize.py)."""
 
     def targets(self, examples: Examples, index: np.ndarray) -> torch.Tensor:
         """What the loss compares the model's output with, for rows `index`."""

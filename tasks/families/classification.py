@@ -20,6 +20,7 @@ from tasks.inference import accuracy_and_loss, predict_logits, predict_proba, pr
 NAME = "classification"
 PRIMARY_METRIC = "accuracy"
 HIGHER_IS_BETTER = True
+DISTILLS = True  # one row of logits per example: the champion's are a teacher for replayed rows
 INPUT_COLUMNS = ("text",)
 LORA_TASK_TYPE = "SEQ_CLS"  # the name of peft's TaskType
 
@@ -32,8 +33,9 @@ def load_saved(path: Path | str):
     return load_saved_classifier(path)
 
 
-def featurize(frame, tokenizer, max_length: int) -> tuple[np.ndarray, np.ndarray]:
-    return tokenize_texts(frame["text"].tolist(), tokenizer, max_length)
+def featurize(frame, tokenizer, max_length: int) -> dict[str, np.ndarray]:
+    ids, offsets = tokenize_texts(frame["text"].tolist(), tokenizer, max_length)
+    return {"ids": ids, "offsets": offsets}
 
 
 def targets(examples: Examples, index: np.ndarray) -> torch.Tensor:

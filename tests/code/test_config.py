@@ -98,6 +98,12 @@ def test_unknown_task_names_the_tasks_there_are(tmp_path):
         load_config(tmp_path, environ={})
 
 
+def test_a_family_the_cycle_does_not_take_yet_is_refused_by_name(tmp_path):
+    (tmp_path / "kaizen.yaml").write_text("task: token-classification\n")
+    with pytest.raises(ConfigError, match=r"token-classification.*the cycle does not take it yet"):
+        load_config(tmp_path, environ={})
+
+
 def test_unknown_field_is_rejected(tmp_path):
     with pytest.raises(ConfigError, match=r"train\.epocs"):
         load_config(tmp_path, {"train.epocs": 3}, environ={})

@@ -52,5 +52,5 @@ def test_every_family_module_has_the_whole_protocol():
     wanted = {n for n in dir(Family) if not n.startswith("_")} | set(Family.__annotations__)
     for task in MODULES:
         module = family_of(task)
-        assert module.NAME == task
+        assert task == module.NAME
         assert sorted(wanted - set(dir(module))) == [], task
