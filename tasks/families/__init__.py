@@ -5,10 +5,10 @@ gate, registry, lineage, ledger, backtest, report and service get the module fro
 `family_of(config.task)` and never import a family module themselves
 (tests/code/test_layering.py holds them to it).
 
-Families: `classification`, the one the cycle takes today, and `token-classification`, whose
-model, training, featurization and metrics exist (benchmarks/ner_accuracy.py uses them) and
-which the cycle takes once ingest, validation, the pool and the gate read it (issue 12).
-Causal LM comes next behind the same protocol.
+Families: `classification`, the one the cycle takes today; `token-classification` and
+`causal-lm`, whose models, training, featurization and metrics exist (benchmarks/ner_accuracy.py
+and benchmarks/lm_adaptation.py use them) and which the cycle takes once ingest, validation,
+the pool and the gate read them (issue 12).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ DEFAULT_TASK = "classification"
 MODULES = {
     "classification": "tasks.families.classification",
     "token-classification": "tasks.families.token_classification",
+    "causal-lm": "tasks.families.causal_lm",
 }
 # The families a `kaizen.yaml` may name: those the whole cycle (ingest to serving) takes.
 IN_THE_CYCLE = ("classification",)
