@@ -49,7 +49,14 @@ def smollm2_dir(log=print) -> Path:
     quiet_transformers()
     log(f"model: converting {gguf.name} to safetensors in {target} (once; dequantizing takes a while)")
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    # The weights are dequantized, but the model still says "GGUF-quantized", and transformers
+    # refuses to save such a model: rebuild it plain from its config and the same weights.
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(loaded.state_dict())
     return save_model(model, tokenizer, target)  # appears complete or not at all
 
 
