@@ -68,3 +68,70 @@ def save_model(model, tokenizer, target: Path | str) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+# --- encoders with a labelled head (classification, token classification) ------------------
+
+
+def label_maps(labels: list[str]) -> dict:
+    return {
+        "num_labels": len(labels),
+        "id2label": {i: name for i, name in enumerate(labels)},
+        "label2id": {name: i for i, name in enumerate(labels)},
+    }
+
+
+def build_tiny_encoder(head: str, labels: list[str], seed: int = 0):
+    """A randomly initialised 2-layer, hidden-32 BERT with head class `head` (a transformers
+    class name) and MiniLM's tokenizer: for tests, seconds instead of minutes."""
+    import torch
+    import transformers
+
+    tokenizer = load_tokenizer(TINY)
+    config = transformers.BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+        **label_maps(labels),
+    )
+    torch.manual_seed(seed)
+    return getattr(transformers, head)(config), tokenizer
+
+
+def load_labelled(auto: str, source: str, labels: list[str], seed: int = 0):
+    """A base encoder with a fresh head for `labels`, or a saved kaizen model whose labels must
+    be `labels`, through the transformers auto class named `auto`; and its tokenizer."""
+    import torch
+    import transformers
+    from transformers.utils import logging as hf_logging
+
+    quiet_transformers()
+    path = resolve_base(source)
+    torch.manual_seed(seed)  # the fresh head of a base encoder is seeded too
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "newly initialized head" is expected on a base encoder
+    try:
+        model = getattr(transformers, auto).from_pretrained(path, local_files_only=True, **label_maps(labels))
+    except OSError as exc:
+        raise ModelError(f"cannot load model from {path}: {exc}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    saved = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    if saved != list(labels):
+        raise ModelError(f"{path}: model labels {saved} differ from configured labels {list(labels)}")
+    return model, load_tokenizer(path)
+
+
+def load_saved_labelled(auto: str, path: Path | str):
+    """A saved kaizen model directory, labels as it was trained with, in eval mode."""
+    import transformers
+
+    quiet_transformers()
+    try:
+        model = getattr(transformers, auto).from_pretrained(str(path), local_files_only=True)
+    except OSError as exc:
+        raise ModelError(f"cannot load model from {path}: {exc}") from None
+    return model.eval(), load_tokenizer(str(path))

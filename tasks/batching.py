@@ -24,6 +24,14 @@ def pad_batch(rows: Sequence[np.ndarray], pad_id: int) -> tuple[torch.Tensor, to
     return torch.from_numpy(ids), torch.from_numpy(mask)
 
 
+def pad_targets(rows: Sequence[np.ndarray], ignore: int) -> torch.Tensor:
+    """Per-token targets padded with `ignore` to the longest row, as `pad_batch` pads the ids."""
+    out = np.full((len(rows), max(len(r) for r in rows)), ignore, dtype=np.int64)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = row
+    return torch.from_numpy(out)
+
+
 def length_grouped_batches(
     lengths: Sequence[int], batch_size: int, rng: np.random.Generator, group_factor: int = 50
 ) -> list[np.ndarray]:

@@ -63,11 +63,9 @@ def load_saved(path: Path | str):
 
 def targets(examples: Examples, index: np.ndarray) -> torch.Tensor:
     """The rows' own ids, padded with IGNORE to the batch's width."""
-    rows = [examples.ids[i] for i in index]
-    out = np.full((len(rows), max(len(r) for r in rows)), IGNORE, dtype=np.int64)
-    for i, row in enumerate(rows):
-        out[i, : len(row)] = row
-    return torch.from_numpy(out)
+    from tasks.batching import pad_targets
+
+    return pad_targets([examples.ids[i] for i in index], IGNORE)
 
 
 def loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

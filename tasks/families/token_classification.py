@@ -98,11 +98,9 @@ def load_saved(path: Path | str):
 
 def targets(examples: Examples, index: np.ndarray) -> torch.Tensor:
     """Targets of rows `index`, padded with IGNORE to the batch's width (that of `pad_batch`)."""
-    rows = [examples.targets[i] for i in index]
-    out = np.full((len(rows), max(len(r) for r in rows)), IGNORE, dtype=np.int64)
-    for i, row in enumerate(rows):
-        out[i, : len(row)] = row
-    return torch.from_numpy(out)
+    from tasks.batching import pad_targets
+
+    return pad_targets([examples.targets[i] for i in index], IGNORE)
 
 
 def loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
