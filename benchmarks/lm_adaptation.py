@@ -42,10 +42,11 @@ def domain_texts(rows: int, test_rows: int, seed: int = 0) -> dict[str, list[pd.
 
 
 def to_examples(frame: pd.DataFrame, family, tokenizer, max_length: int):
-    features = family.featurize(frame, tokenizer, max_length)
-    offsets = features["offsets"]
-    ids = [features["ids"][offsets[i] : offsets[i + 1]] for i in range(len(frame))]
-    return family.examples_from(frame.assign(replayed=False), {"ids": ids})
+    from tasks.featurize import feature_rows
+
+    return family.examples_from(
+        frame.assign(replayed=False), feature_rows(family.featurize(frame, tokenizer, max_length))
+    )
 
 
 def main() -> None:

@@ -25,14 +25,10 @@ PUBLISHED_BERT_BASE = 0.45
 
 def wnut_examples(split: str, tokenizer, tags: list[str], max_length: int):
     from tasks.families.token_classification import examples_from, featurize
+    from tasks.featurize import feature_rows
 
     frame = pd.read_csv(WNUT / f"{split}.csv", dtype=str, keep_default_na=False)
-    features = featurize(frame, tokenizer, max_length)
-    offsets = features["offsets"]
-    rows = {
-        k: [v[offsets[i] : offsets[i + 1]] for i in range(len(frame))] for k, v in features.items() if k != "offsets"
-    }
-    return examples_from(frame.assign(replayed=False), rows, tags)
+    return examples_from(frame.assign(replayed=False), feature_rows(featurize(frame, tokenizer, max_length)), tags)
 
 
 def main() -> None:

@@ -117,6 +117,11 @@ def load_features(path: Path | str) -> list[np.ndarray]:
 def load_feature_rows(path: Path | str) -> dict[str, list[np.ndarray]]:
     """Every per-token array of a cache file (`ids`, and a family's own), ragged by row."""
     with np.load(path, allow_pickle=False) as data:
-        offsets = data["offsets"]
-        flat = {k: data[k] for k in data.files if k != "offsets"}
-    return {k: [v[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)] for k, v in flat.items()}
+        return feature_rows({k: data[k] for k in data.files})
+
+
+def feature_rows(features: dict[str, np.ndarray]) -> dict[str, list[np.ndarray]]:
+    """A family's `featurize` output (flat arrays and `offsets`) cut into one array per row."""
+    offsets = features["offsets"]
+    rows = range(len(offsets) - 1)
+    return {k: [v[offsets[i] : offsets[i + 1]] for i in rows] for k, v in features.items() if k != "offsets"}

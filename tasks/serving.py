@@ -45,9 +45,8 @@ class KaizenClassifier(PythonModel):
         refuse_pickles(root, who)
         verify_weights(classifier, str(config.get("weights_sha256", "")), who)
         # Versions registered before the task travelled with the model are classifiers.
-        family = family_of(str(config.get("task", DEFAULT_TASK)))
-        self.family = family
-        self.model, self.tokenizer = family.load_saved(classifier)
+        self.family = family_of(str(config.get("task", DEFAULT_TASK)))
+        self.model, self.tokenizer = self.family.load_saved(classifier)
         self.max_length = int(config.get("max_length", DEFAULT_MAX_LENGTH))
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:

@@ -139,10 +139,10 @@ def predict_frame(model, tokenizer, texts: list[str], max_length: int):
     import pandas as pd
 
     frame = pd.DataFrame({"tokens": [" ".join(t.split()) for t in texts]})
-    features = featurize(frame, tokenizer, max_length)
-    offsets = features["offsets"]
-    ids = [features["ids"][offsets[i] : offsets[i + 1]] for i in range(len(texts))]
-    words = [features["words"][offsets[i] : offsets[i + 1]] for i in range(len(texts))]
+    from tasks.featurize import feature_rows
+
+    rows = feature_rows(featurize(frame, tokenizer, max_length))
+    ids, words = rows["ids"], rows["words"]
     proba = predict(model, ids, tokenizer.pad_token_id or 0, 32, torch.device("cpu"))
     names = [model.config.id2label[i] for i in range(model.config.num_labels)]
     tags, scores = [], []

@@ -9,6 +9,7 @@ from models.causal_lm import TINY_GPT, build_tiny
 from tasks.batching import pad_batch
 from tasks.config import TrainConfig
 from tasks.families import family_of
+from tasks.featurize import feature_rows
 from tasks.train import train_classifier
 
 LM = family_of("causal-lm")
@@ -19,18 +20,14 @@ def _documents(n: int, seed: int, words: list[str]):
     texts = [f"the {rng.choice(words)} shipped with a {rng.choice(words)} case" for _ in range(n)]
     _, tokenizer = build_tiny()
     frame = pd.DataFrame({"text": texts})
-    features = LM.featurize(frame, tokenizer, 32)
-    offsets = features["offsets"]
-    return LM.examples_from(frame, {"ids": [features["ids"][offsets[i] : offsets[i + 1]] for i in range(n)]})
+    return LM.examples_from(frame, feature_rows(LM.featurize(frame, tokenizer, 32)))
 
 
 def test_every_text_ends_with_the_end_of_text_token_and_fits_max_length():
     from models.base import load_tokenizer
 
     tokenizer = load_tokenizer("tiny")
-    features = LM.featurize(pd.DataFrame({"text": ["short", "word " * 100]}), tokenizer, 16)
-    offsets = features["offsets"]
-    rows = [features["ids"][offsets[i] : offsets[i + 1]] for i in range(2)]
+    rows = feature_rows(LM.featurize(pd.DataFrame({"text": ["short", "word " * 100]}), tokenizer, 16))["ids"]
     assert all(r[-1] == tokenizer.sep_token_id for r in rows) and len(rows[1]) <= 16
 
 

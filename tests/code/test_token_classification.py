@@ -16,6 +16,7 @@ from tasks.families.token_classification import (
     f1_from,
     featurize,
 )
+from tasks.featurize import feature_rows
 from tasks.train import train_classifier
 
 TAGS = ["O", "B-person", "I-person", "B-location", "I-location"]
@@ -50,7 +51,7 @@ def test_the_first_sub_token_of_a_word_carries_its_tag():
     tokenizer = load_tokenizer("tiny")
     frame = pd.DataFrame({"tokens": ["met Zyxwvutsrq at Reykjavik"], "tags": ["O B-person O B-location"]})
     features = featurize(frame, tokenizer, 64)
-    rows = {k: [v] for k, v in features.items() if k != "offsets"}
+    rows = feature_rows(features)
     examples = examples_from(frame, rows, TAGS)
     target, ids = examples.targets[0], examples.ids[0]
     pieces = tokenizer.convert_ids_to_tokens(ids.tolist())
@@ -65,7 +66,7 @@ def test_unknown_tags_are_named():
     frame = pd.DataFrame({"tokens": ["hello there"], "tags": ["O B-animal"]})
     features = featurize(frame, load_tokenizer("tiny"), 64)
     with pytest.raises(ValueError, match=r"B-animal"):
-        examples_from(frame, {k: [v] for k, v in features.items() if k != "offsets"}, TAGS)
+        examples_from(frame, feature_rows(features), TAGS)
 
 
 def _sentences(n: int, seed: int):
@@ -82,10 +83,7 @@ def _sentences(n: int, seed: int):
         tokens.append(" ".join(words))
         tags.append(" ".join(row))
     frame = pd.DataFrame({"tokens": tokens, "tags": tags})
-    features = featurize(frame, load_tokenizer("tiny"), 32)
-    offsets = features["offsets"]
-    rows = {k: [v[offsets[i] : offsets[i + 1]] for i in range(n)] for k, v in features.items() if k != "offsets"}
-    return examples_from(frame, rows, TAGS)
+    return examples_from(frame, feature_rows(featurize(frame, load_tokenizer("tiny"), 32)), TAGS)
 
 
 def test_the_tiny_token_classifier_learns_entities_and_tags_raw_text(tmp_path):
@@ -131,7 +129,7 @@ def test_words_cut_off_by_max_length_count_as_missed_entities():
     family = family_of("token-classification")
     frame = pd.DataFrame({"tokens": ["a b c d e f g h i j paris"], "tags": [" ".join(["O"] * 10 + ["B-location"])]})
     features = featurize(frame, load_tokenizer("tiny"), 8)
-    examples = examples_from(frame, {k: [v] for k, v in features.items() if k != "offsets"}, TAGS)
+    examples = examples_from(frame, feature_rows(features), TAGS)
     target = examples.targets[0]
     assert (target != IGNORE).sum() < 11  # paris is past the cut
     perfect = np.empty(1, dtype=object)
