@@ -36,9 +36,16 @@ def _get(summary: dict, key: str) -> float | None:
     return (summary.get("metrics") or {}).get(key)
 
 
-def backtest_record(cycle: int, summary: dict) -> dict:
-    champion_old = _get(summary, "regression.champion.accuracy")
-    challenger_old = _get(summary, "regression.challenger.accuracy")
+def backtest_record(cycle: int, summary: dict, task: str = "classification") -> dict:
+    """One cycle's line. Metric keys are named after the family's primary metric
+    (`new_accuracy` for a classifier, `new_entity_f1`, `new_perplexity`)."""
+    from tasks.families import family_of, forgotten
+
+    family = family_of(task)
+    m = family.PRIMARY_METRIC
+    champion_old = _get(summary, f"regression.champion.{m}")
+    challenger_old = _get(summary, f"regression.challenger.{m}")
+    lost = forgotten(family, {m: champion_old} if champion_old is not None else None, {m: challenger_old})
     return {
         "cycle": cycle,
         "batch": summary.get("batch"),
@@ -48,13 +55,13 @@ def backtest_record(cycle: int, summary: dict) -> dict:
         "champion_after": summary.get("champion_after"),
         "reasons": summary.get("reasons") or [],
         "data": "withdrawn" if summary.get("withdrawn") else ("pending" if summary.get("pending") else "kept"),
-        "new_accuracy": _get(summary, "new.challenger.accuracy"),
-        "new_accuracy_champion": _get(summary, "new.champion.accuracy"),
-        "new_macro_f1": _get(summary, "new.challenger.macro_f1"),
-        "regression_accuracy": challenger_old,
-        "regression_accuracy_champion": champion_old,
+        "metric": m,
+        f"new_{m}": _get(summary, f"new.challenger.{m}"),
+        f"new_{m}_champion": _get(summary, f"new.champion.{m}"),
+        f"regression_{m}": challenger_old,
+        f"regression_{m}_champion": champion_old,
         # How much of what the champion knew the challenger lost (positive = forgot).
-        "forgetting": None if champion_old is None or challenger_old is None else champion_old - challenger_old,
+        "forgetting": None if challenger_old is None else lost,
         "seconds": round(summary.get("seconds", 0.0), 1),
         # The power behind the decision: the smallest effect `new` could resolve, and which
         # comparisons could not resolve their margin.
@@ -68,8 +75,10 @@ def _fmt(value) -> str:
 
 
 def print_table(records: list[dict], total: float) -> None:
+    m = records[0]["metric"] if records else "accuracy"
+    short = "acc" if m == "accuracy" else m
     head = (
-        f"{'cycle':<6}{'batch':<16}{'outcome':<13}{'champion':<9}{'new acc':<16}{'regression acc':<16}"
+        f"{'cycle':<6}{'batch':<16}{'outcome':<13}{'champion':<9}{'new ' + short:<16}{'regression ' + short:<22}"
         f"{'forgetting':<11}{'resolves':<9}{'secs':>6}"
     )
     typer.echo(head)
@@ -77,8 +86,8 @@ def print_table(records: list[dict], total: float) -> None:
     for r in records:
         typer.echo(
             f"{r['cycle']:<6}{r['batch'][-15:]:<16}{r['outcome']:<13}{'v' + (r['champion_after'] or '-'):<9}"
-            f"{_fmt(r['new_accuracy']) + '/' + _fmt(r['new_accuracy_champion']):<16}"
-            f"{_fmt(r['regression_accuracy']) + '/' + _fmt(r['regression_accuracy_champion']):<16}"
+            f"{_fmt(r[f'new_{m}']) + '/' + _fmt(r[f'new_{m}_champion']):<16}"
+            f"{_fmt(r[f'regression_{m}']) + '/' + _fmt(r[f'regression_{m}_champion']):<22}"
             f"{_fmt(r['forgetting']):<11}{_fmt(r['new_resolvable']):<9}{r['seconds']:>6.1f}"
         )
         for reason in r["reasons"][:3]:
@@ -86,8 +95,8 @@ def print_table(records: list[dict], total: float) -> None:
         if r["data"] != "kept":
             typer.echo(f"{'':<6}data: batch {r['data']}")
     typer.echo(
-        f"(accuracies: challenger/champion; resolves: the smallest gain the `new` set could resolve, in accuracy "
-        f"points; {len(records)} cycles in {total:.1f}s)"
+        f"({m}: challenger/champion; resolves: the smallest gain the `new` set could resolve, in the gate's "
+        f"units; {len(records)} cycles in {total:.1f}s)"
     )
 
 
@@ -121,16 +130,21 @@ def run_backtest(
     policies: list[str] | None = None,
     reference: Path | None = None,
 ) -> list[dict]:
+    from tasks.config import load_config
+
     target = make_backtest_workspace(home, into)
+    task = load_config(target.root, overrides).task
     feed, labels = split_source(
-        source, target.state / "backtest-input", batches, rows, shuffle=False, order_by=order_by
+        source, target.state / "backtest-input", batches, rows, shuffle=False, order_by=order_by, task=task
     )
+    if labels is not None:
+        overrides = {"labels": labels, **overrides}
     started = time.perf_counter()
     echo = (lambda *_: None) if as_json else typer.echo
     echo(f"backtest: {len(feed)} batches of {source} in workspace {target.root}")
-    results = replay_feed(target, feed, {"labels": labels, **overrides}, echo=echo)
-    records = [backtest_record(i + 1, r) for i, r in enumerate(results)]
-    tracks = compare_policies(target, results, records, policies, reference, {"labels": labels, **overrides})
+    results = replay_feed(target, feed, overrides, echo=echo)
+    records = [backtest_record(i + 1, r, task) for i, r in enumerate(results)]
+    tracks = compare_policies(target, results, records, policies, reference, overrides)
     if as_json:
         typer.echo(json.dumps(records, indent=1))
         return records

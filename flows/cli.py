@@ -164,7 +164,13 @@ def quarantine_resubmit(
 def demo(
     source: Annotated[Path | None, typer.Option("--source", help="Replay this labelled CSV as batches instead")] = None,
     batches: Annotated[int, typer.Option(help="Batches to cut from --source")] = 4,
-    rows: Annotated[int, typer.Option(help="Rows per batch")] = 600,
+    rows: Annotated[int | None, typer.Option(help="Rows per batch (default: 600; 200 for causal-lm)", min=1)] = None,
+    task: Annotated[
+        str | None,
+        typer.Option(
+            "--task", help="Model family: classification, token-classification or causal-lm (default: the config's)"
+        ),
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Reset a workspace that holds non-demo batches")] = False,
     workspace: WorkspaceOpt = None,
     set_: SetOpt = None,
@@ -172,9 +178,12 @@ def demo(
     """Feed a sequence of batches through the whole cycle and print what happened."""
     from flows.demo import run_demo
 
-    ctx = context(workspace, set_)
+    chosen = overrides(set_)
+    if task is not None:
+        chosen = {**chosen, "task": task}
+    ctx = context(workspace, [*(set_ or []), *([f"task={task}"] if task else [])])
     with write_access(ctx, "demo"):
-        run_demo(ctx.ws.root, source, batches, rows, force, overrides(set_))
+        run_demo(ctx.ws.root, source, batches, rows, force, chosen, ctx.config.task)
 
 
 @app.command()

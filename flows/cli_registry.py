@@ -102,14 +102,26 @@ def report(
 def predict(
     texts: list[str],
     version: Annotated[str | None, typer.Option("--version", help="Model version (default: champion)")] = None,
+    max_new_tokens: Annotated[
+        int | None, typer.Option("--max-new-tokens", min=1, help="causal-lm: tokens to generate (default 32)")
+    ] = None,
+    temperature: Annotated[
+        float | None, typer.Option("--temperature", min=0.0, help="causal-lm: 0 = greedy (default), above: sampled")
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="causal-lm: seed of sampling (default 0)")] = None,
     workspace: WorkspaceOpt = None,
 ) -> None:
-    """Label TEXT... with the champion (or --version), through the registered MLflow model."""
+    """Answer TEXT... with the champion (or --version), through the registered MLflow model:
+    a label (classification), a tag per word (token-classification: words split on spaces) or
+    a continuation (causal-lm). One line per text: the answer's columns, tab-separated, then the text."""
     from tasks.inference import predict_registered
 
-    _, frame = predict_registered(context(workspace), texts, version)
-    for text, label, score in zip(texts, frame["label"], frame["score"], strict=True):
-        typer.echo(f"{label}\t{float(score):.3f}\t{text}")
+    params = {"max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed}
+    _, frame = predict_registered(context(workspace), texts, version, params)
+    shown = [c for c in frame.columns if not str(c).startswith("p_")]
+    for text, row in zip(texts, frame[shown].itertuples(index=False), strict=True):
+        cells = [f"{v:.3f}" if isinstance(v, float) else str(v) for v in row]
+        typer.echo("\t".join([*cells, text]))
 
 
 @registry_app.command()

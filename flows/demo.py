@@ -11,6 +11,7 @@ import typer
 from flows.pipeline import BatchRejected, continual_training
 from tasks.cycle import load_last_summary
 from tasks.errors import KaizenError
+from tasks.families import family_of
 from tasks.ingest import read_manifest
 from tasks.workspace import Workspace
 
@@ -50,26 +51,35 @@ def _fmt(value) -> str:
 
 
 def run_demo(
-    workspace: Path | None, source: Path | None, batches: int, rows: int, force: bool, overrides: dict
+    workspace: Path | None,
+    source: Path | None,
+    batches: int,
+    rows: int | None,
+    force: bool,
+    overrides: dict,
+    task: str = "classification",
 ) -> list[dict]:
-    from tasks.demo_data import LABELS, split_source, write_demo_batches
+    """The demo of `task`'s family: its own corpus (tasks/demo_families.py), or `source` cut
+    into batches, each through the whole cycle."""
+    from tasks.demo_data import split_source
+    from tasks.demo_families import demo_feed
 
     ws = Workspace.at(workspace)
-    typer.echo(f"demo: resetting kaizen state in {ws.root} (data/, registry, quarantine)")
+    typer.echo(f"demo ({task}): resetting kaizen state in {ws.root} (data/, registry, quarantine)")
     reset_workspace(ws, force)
     feed_dir = ws.state / "demo-input"
     shutil.rmtree(feed_dir, ignore_errors=True)
     if source is None:
-        feed = write_demo_batches(feed_dir, rows)
-        overrides = {"labels": LABELS, **overrides}
+        feed, settings = demo_feed(task, feed_dir, rows)
     else:
-        feed, labels = split_source(source, feed_dir, batches, rows, shuffle=True, prefix="demo-")
-        overrides = {"labels": labels, **overrides}
+        feed, labels = split_source(source, feed_dir, batches, rows or 600, shuffle=True, prefix="demo-", task=task)
+        settings = {"labels": labels} if labels else {}
+    overrides = {"task": task, **settings, **overrides}
 
     started = time.perf_counter()
     results = replay_feed(ws, feed, overrides)
-    print_summary(results, time.perf_counter() - started)
-    print_next_steps(ws)
+    print_summary(results, time.perf_counter() - started, family_of(task).PRIMARY_METRIC)
+    print_next_steps(ws, task)
     return results
 
 
@@ -89,18 +99,22 @@ def replay_feed(ws: Workspace, feed: list[tuple[str, Path, str]], overrides: dic
     return results
 
 
-def print_summary(results: list[dict], total: float) -> None:
+def print_summary(results: list[dict], total: float, metric: str = "accuracy") -> None:
     typer.echo("\n" + "=" * 100)
-    header = f"{'batch':<22}{'outcome':<13}{'version':<9}{'champion':<10}{'new acc (chal/champ)':<22}{'regression acc':<17}{'secs':>6}"
+    short = "acc" if metric == "accuracy" else metric
+    header = (
+        f"{'batch':<22}{'outcome':<13}{'version':<9}{'champion':<10}{f'new {short} (chal/champ)':<30}"
+        f"{f'regression {short}':<22}{'secs':>6}"
+    )
     typer.echo(header)
     typer.echo("-" * len(header))
     for r in results:
         m = r.get("metrics") or {}
-        new = f"{_fmt(m.get('new.challenger.accuracy'))}/{_fmt(m.get('new.champion.accuracy'))}"
-        reg = f"{_fmt(m.get('regression.challenger.accuracy'))}/{_fmt(m.get('regression.champion.accuracy'))}"
+        new = f"{_fmt(m.get(f'new.challenger.{metric}'))}/{_fmt(m.get(f'new.champion.{metric}'))}"
+        reg = f"{_fmt(m.get(f'regression.challenger.{metric}'))}/{_fmt(m.get(f'regression.champion.{metric}'))}"
         typer.echo(
             f"{r['batch']:<22}{r.get('status', '?'):<13}{('v' + r['version']) if r.get('version') else '-':<9}"
-            f"{('v' + r['champion_after']) if r.get('champion_after') else '-':<10}{new:<22}{reg:<17}{r['seconds']:>6.1f}"
+            f"{('v' + r['champion_after']) if r.get('champion_after') else '-':<10}{new:<30}{reg:<22}{r['seconds']:>6.1f}"
         )
         for reason in (r.get("reasons") or [])[:4]:
             typer.echo(f"{'':<22}  why: {reason}")
@@ -120,12 +134,19 @@ def print_summary(results: list[dict], total: float) -> None:
     )
 
 
-def print_next_steps(ws: Workspace) -> None:
+EXAMPLES = {
+    "classification": '"the battery drains overnight"',
+    "token-classification": '"Maria Lopez reviewed the Zephyr X2 in Lisbon"',
+    "causal-lm": '--max-new-tokens 20 "Hi Omar, thanks for telling us your new Nimbus Pad 2"',
+}
+
+
+def print_next_steps(ws: Workspace, task: str = "classification") -> None:
     typer.echo(f"""
 Next:
   kaizen status                 champion, challenger, data version, last gate verdict
   kaizen history                every move of the champion alias
-  kaizen predict "the battery drains overnight"
+  kaizen predict {EXAMPLES.get(task, '"some text"')}
   MLflow UI:   mlflow ui --backend-store-uri sqlite:///{ws.mlflow_db} --host 127.0.0.1 --port 5000
   Prefect UI:  PREFECT_HOME={ws.state / "prefect"} prefect server start --host 127.0.0.1
 """)

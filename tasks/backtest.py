@@ -18,6 +18,7 @@ from pathlib import Path
 
 from tasks.context import Context
 from tasks.evaluate import Evaluation
+from tasks.families import family_of, forgotten
 from tasks.gate import decide, policy_from_config
 
 
@@ -80,27 +81,33 @@ def _decide_cycle(
     if decision.passed:
         champion = version
         regression = evaluation.get("regression")
-        if regression is not None and regression.champion is not None:
-            track.forgetting.append(regression.champion["accuracy"] - regression.challenger["accuracy"])
+        lost = (
+            None
+            if regression is None
+            else forgotten(family_of(evaluation.task), regression.champion, regression.challenger)
+        )
+        if lost is not None:
+            track.forgetting.append(lost)
     track.champions.append(champion)
 
 
 def reference_accuracies(ctx: Context, versions: set[str], reference: Path, scratch: Path) -> dict[str, float]:
-    """Accuracy of each version on a fixed labelled file (text, label names or indices)."""
-    from tasks.demo_data import read_labelled
-    from tasks.families import family_of
-    from tasks.inference import predict_texts
+    """The primary metric (accuracy for a classifier) of each version on a fixed file in the
+    family's columns, evaluated as the cycle evaluates its frozen sets."""
+    from tasks.evaluate import load_golden
+    from tasks.inference import choose_device
     from tasks.registry import download_model, get_version
 
-    frame = read_labelled(reference)
-    truth = frame["label"].astype(str).to_numpy()
+    family, config = family_of(ctx.config.task), ctx.config
     out = {}
     for version in sorted(versions, key=int):
         model_dir = download_model(ctx.client, get_version(ctx.client, ctx.model_name, version), scratch / version)
-        model, tokenizer = family_of(ctx.config.task).load_saved(model_dir)
-        proba = predict_texts(model, tokenizer, frame["text"].astype(str).tolist(), ctx.config.model.max_length)
-        names = [model.config.id2label[i] for i in proba.argmax(axis=1)]
-        out[version] = float((truth == names).mean())
+        model, tokenizer = family.load_saved(model_dir)
+        examples = load_golden(str(reference), config.labels, tokenizer, config.model.max_length, config.task)
+        device = choose_device(config.train.device)
+        scores = family.predict(model.to(device), examples.ids, tokenizer.pad_token_id or 0, 32, device)
+        measured = family.evaluate_set("reference", examples, scores, None, config.labels, 0, 0)
+        out[version] = float(measured.challenger[family.PRIMARY_METRIC])
     return out
 
 

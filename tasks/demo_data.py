@@ -186,12 +186,20 @@ def write_demo_batches(target: Path, rows: int = 600, seed: int = 2026) -> list[
     return out
 
 
-def read_labelled(source: Path) -> pd.DataFrame:
-    """A labelled file; integer labels are named from a `label_names.txt` beside it, if any."""
+def read_labelled(source: Path, task: str = "classification") -> pd.DataFrame:
+    """A labelled file in the family's columns, lists joined into strings (so a batch file can be
+    CSV); integer class labels are named from a `label_names.txt` beside it, if any."""
+    from tasks.families import family_of
     from tasks.ingest import IngestError, check_columns, read_table
 
+    family = family_of(task)
     frame = read_table(source)
-    check_columns(frame, str(source))
+    check_columns(frame, str(source), family.COLUMNS)
+    own = family.prepare(frame)
+    for column in family.COLUMNS:
+        frame[column] = own[column]
+    if "label" not in family.COLUMNS:
+        return frame
     frame["label"] = frame["label"].astype(str)
     names_file = source.parent / "label_names.txt"
     if names_file.exists() and frame["label"].str.fullmatch(r"\d+").all():
@@ -212,15 +220,18 @@ def split_source(
     order_by: str | None = None,
     seed: int = 2026,
     prefix: str = "",
-) -> tuple[list[tuple[str, Path, str]], list[str]]:
-    """Cut a labelled file into consecutive batch files; returns the feed and the label set.
+    task: str = "classification",
+) -> tuple[list[tuple[str, Path, str]], list[str] | None]:
+    """Cut a labelled file into consecutive batch files; returns the feed and the label set
+    (None for a family without labels).
 
     History is replayed in file order (or `order_by`); `shuffle` mixes it first (the demo).
     """
+    from tasks.families import family_of
     from tasks.ingest import IngestError
 
-    frame = read_labelled(source)
-    labels = sorted(frame["label"].unique())
+    frame = read_labelled(source, task)
+    labels = family_of(task).label_set(family_of(task).prepare(frame))
     if order_by:
         if order_by not in frame.columns:
             raise IngestError(f"{source}: no column {order_by!r} to order by")

@@ -64,6 +64,10 @@ class Evaluation:
     latency_ms: dict[str, dict[str, float]] = field(default_factory=dict)  # role -> p50 / p95
     confidence: float = 0.95
     resamples: int = 0
+    task: str = (
+        "classification"  # the family whose metrics these are (evaluations from before it travel as classifiers)
+    )
+    samples: dict[str, dict[str, str]] = field(default_factory=dict)  # role -> prompt -> generated text (causal-lm)
 
     def get(self, name: str) -> SetEvaluation | None:
         return next((s for s in self.sets if s.name == name), None)
@@ -387,19 +391,20 @@ def measure_latency(
     return {role: {"p50": float(np.percentile(t, 50)), "p95": float(np.percentile(t, 95))} for role, t in times.items()}
 
 
-def load_golden(path: str, labels: list[str], tokenizer, max_length: int) -> Examples:
-    """A fixed, hand-curated set named in config; read fresh each cycle."""
-    from tasks.featurize import tokenize_texts
-    from tasks.ingest import read_table
+def load_golden(path: str, labels: list[str], tokenizer, max_length: int, task: str = "classification") -> Examples:
+    """A fixed, hand-curated set named in config, in the family's columns; read fresh each cycle."""
+    from tasks.families import family_of
+    from tasks.featurize import feature_rows
+    from tasks.ingest import check_columns, read_table
 
-    frame = read_table(path)
-    unknown = sorted(set(frame["label"].astype(str)) - set(labels))
-    if unknown:
-        raise ValueError(f"{path}: golden set has labels {unknown} outside {labels}")
-    ids, offsets = tokenize_texts(frame["text"].astype(str).tolist(), tokenizer, max_length)
-    rows = [ids[offsets[i] : offsets[i + 1]] for i in range(len(frame))]
-    index = {name: i for i, name in enumerate(labels)}
-    return Examples(rows, frame["label"].astype(str).map(index).to_numpy(dtype=np.int64), frame.reset_index(drop=True))
+    family = family_of(task)
+    raw = read_table(path)
+    check_columns(raw, f"{path} (golden set)", family.COLUMNS)
+    frame = family.prepare(raw)
+    try:
+        return family.examples_from(frame, feature_rows(family.featurize(frame, tokenizer, max_length)), labels)
+    except ValueError as exc:
+        raise ValueError(f"{path}: golden set: {exc}") from None
 
 
 def evaluate_challenger(
@@ -419,9 +424,11 @@ def evaluate_challenger(
     e = config.evaluate
     device = choose_device(config.train.device)
     sets = evaluation_sets(
-        ws, config.labels, plan.new_batches, plan.seen_batches, features, e.regression_max_rows, e.seed
+        ws, config.labels, plan.new_batches, plan.seen_batches, features, e.regression_max_rows, e.seed, config.task
     )
-    models, pads = _load_models(family, config, {"challenger": challenger_dir, "champion": champion_dir}, device)
+    models, pads, tokenizers = _load_models(
+        family, config, {"challenger": challenger_dir, "champion": champion_dir}, device
+    )
     golden = _golden_set(ws, config, challenger_dir)
     if golden is not None:
         sets["golden"] = golden
@@ -431,16 +438,30 @@ def evaluate_challenger(
     }
     results = [r for name, ex in sets.items() for r in _evaluate_set(family, config, name, ex, proba)]
     latency = measure_latency(models, sets["new"].ids, pads, device, e.latency_samples)
-    return Evaluation(results, list(config.labels), latency, 0.95, e.bootstrap_resamples)
+    samples = _samples(family, models, tokenizers, sets["new"].meta)
+    return Evaluation(results, list(config.labels), latency, 0.95, e.bootstrap_resamples, config.task, samples)
 
 
-def _load_models(family, config, sources: dict[str, str | None], device) -> tuple[dict, dict]:
-    models, pads = {}, {}
+def _samples(family, models: dict, tokenizers: dict, new_rows) -> dict[str, dict[str, str]]:
+    """Generations of both models from the same fixed prompts, for a family that generates."""
+    prompt_of = getattr(family, "sample_prompts", None)
+    prompts = prompt_of(new_rows) if prompt_of is not None and "text" in new_rows else []
+    if not prompts:
+        return {}
+    return {
+        role: dict(zip(prompts, family.generate(model.cpu(), tokenizers[role], prompts), strict=True))
+        for role, model in models.items()
+    }
+
+
+def _load_models(family, config, sources: dict[str, str | None], device) -> tuple[dict, dict, dict]:
+    models, pads, tokenizers = {}, {}, {}
     for role, source in sources.items():
         if source is not None:
             model, tokenizer = family.load(source, config.labels)
             models[role], pads[role] = model.to(device).eval(), tokenizer.pad_token_id or 0
-    return models, pads
+            tokenizers[role] = tokenizer
+    return models, pads, tokenizers
 
 
 def _golden_set(ws, config, tokenizer_source: str) -> Examples | None:
@@ -453,7 +474,7 @@ def _golden_set(ws, config, tokenizer_source: str) -> Examples | None:
         return None
     golden = Path(config.evaluate.golden_file)
     path = golden if golden.is_absolute() else ws.root / golden
-    return load_golden(str(path), config.labels, load_tokenizer(tokenizer_source), config.model.max_length)
+    return load_golden(str(path), config.labels, load_tokenizer(tokenizer_source), config.model.max_length, config.task)
 
 
 def _evaluate_set(family, config, name: str, ex: Examples, proba: dict) -> list[SetEvaluation]:
@@ -560,4 +581,6 @@ def pool_evaluations(parts: list[Evaluation], fresh: tuple[str, ...] = ("new",),
         found = [s for e in parts if (s := e.get(name)) is not None]
         sets.append(pool_sets(found, resamples, seed) if _is_fresh(name, fresh) else found[-1])
     last = parts[-1]
-    return Evaluation(sets, list(last.labels), dict(last.latency_ms), last.confidence, resamples)
+    return Evaluation(
+        sets, list(last.labels), dict(last.latency_ms), last.confidence, resamples, last.task, dict(last.samples)
+    )

@@ -26,6 +26,7 @@ import numpy as np
 
 from tasks.config import GateConfig
 from tasks.evaluate import Evaluation, SetEvaluation, pool_evaluations
+from tasks.families import family_of
 
 POLICIES = ("legacy", "evidence", "no-harm")
 CORRECTIONS = ("holm", "bh")
@@ -59,6 +60,10 @@ class GatePolicy:
     min_evidence_rows: int = 30
     # A held challenger whose pooled `new` rows reach this many is rejected instead (0 = no limit).
     max_hold_rows: int = 2000
+    # What the comparisons read, set by `decide` from the evaluation's family (tasks/families):
+    # a higher-is-better metric and the key of its per-example paired gain.
+    metric: str = "accuracy"
+    gain: str = "correct_diff"
 
     def __post_init__(self) -> None:
         for knob, allowed in (
@@ -261,14 +266,22 @@ def _score_scale(s: SetEvaluation, parent: SetEvaluation | None, scoring: str) -
     return None
 
 
-def paired_stat(s: SetEvaluation, scoring: str, parent: SetEvaluation | None = None) -> PairedStat | None:
-    """The per-example gain on `s` under `scoring`, expressed in accuracy points: a score gain
-    divided by the score's right-vs-wrong gap, so margins stay in the units they are set in.
-    None (the rule fails closed) without paired evidence or with a missing or NaN value."""
+def paired_stat(
+    s: SetEvaluation,
+    scoring: str,
+    parent: SetEvaluation | None = None,
+    metric: str = "accuracy",
+    gain: str = "correct_diff",
+) -> PairedStat | None:
+    """The per-example gain on `s` under `scoring`, expressed in points of the gate's `metric`
+    (accuracy for a classifier): a score gain divided by the score's right-vs-wrong gap, so
+    margins stay in the units they are set in. `scoring` = `metric` reads the metric's own
+    paired gain (`paired[gain]`). None (the rule fails closed) without paired evidence or with
+    a missing or NaN value."""
     paired = s.paired or {}
-    scale = 1.0 if scoring == "accuracy" else _score_scale(s, parent, scoring)
-    used = scoring if scale is not None else "accuracy"  # no errors at all: nothing to scale by
-    values = paired.get("correct_diff" if used == "accuracy" else f"{used}_gain")
+    scale = 1.0 if scoring == metric else _score_scale(s, parent, scoring)
+    used = scoring if scale is not None else metric  # no errors at all (or no such score): nothing to scale by
+    values = paired.get(gain if used == metric else f"{used}_gain")
     if values is None or len(values) < 2:
         return None
     x = np.asarray(values, dtype=np.float64) / (scale or 1.0)
@@ -287,45 +300,47 @@ def harm_pvalue(stat: PairedStat, margin: float) -> float:
 # ---------------------------------------------------------------- legacy rules
 
 
-def _ci_note(s: SetEvaluation | None) -> str:
-    if s is None or _bad(s.delta.get("accuracy")):
+def _ci_note(s: SetEvaluation | None, metric: str = "accuracy") -> str:
+    if s is None or _bad(s.delta.get(metric)):
         return ""
-    low, high = s.ci_low.get("accuracy"), s.ci_high.get("accuracy")
+    low, high = s.ci_low.get(metric), s.ci_high.get(metric)
     if _bad(low) or _bad(high):  # pooled without resampling
-        return f"delta {s.delta['accuracy']:+.4f}"
-    return f"delta {s.delta['accuracy']:+.4f}, 95% CI [{low:+.4f}, {high:+.4f}]"
+        return f"delta {s.delta[metric]:+.4f}"
+    return f"delta {s.delta[metric]:+.4f}, 95% CI [{low:+.4f}, {high:+.4f}]"
 
 
-def _with_width(rule: Rule, s: SetEvaluation | None, power: float) -> Rule:
+def _with_width(rule: Rule, s: SetEvaluation | None, knobs: GatePolicy) -> Rule:
     """Half-width and resolvable effect of the bootstrap interval a legacy rule reads."""
-    if s is None or _bad(s.ci_low.get("accuracy")) or _bad(s.ci_high.get("accuracy")):
+    m = knobs.metric
+    if s is None or _bad(s.ci_low.get(m)) or _bad(s.ci_high.get(m)):
         return rule
-    half = (s.ci_high["accuracy"] - s.ci_low["accuracy"]) / 2
+    half = (s.ci_high[m] - s.ci_low[m]) / 2
     z = z_quantile((1 - LEGACY_CONFIDENCE) / 2)
-    return replace(rule, half_width=half, resolvable=half * (z + z_quantile(1 - power)) / z)
+    return replace(rule, half_width=half, resolvable=half * (z + z_quantile(1 - knobs.power)) / z)
 
 
-def _noninferior(s: SetEvaluation, policy: GateConfig, power: float) -> Rule:
+def _noninferior(s: SetEvaluation, policy: GateConfig, knobs: GatePolicy) -> Rule:
+    m = knobs.metric
     rule = check(
-        f"{s.name} accuracy delta CI low (non-inferiority)",
-        s.ci_low.get("accuracy"),
+        f"{s.name} {m} delta CI low (non-inferiority)",
+        s.ci_low.get(m),
         -policy.noninferiority_margin,
         ">=",
-        _ci_note(s),
+        _ci_note(s, m),
         "non-inferiority",
     )
-    point = s.delta.get("accuracy")
-    rule = _with_width(rule, s, power)
+    point = s.delta.get(m)
+    rule = _with_width(rule, s, knobs)
     return rule if _bad(point) else replace(rule, point=float(point))
 
 
-def _slice_rules(evaluation: Evaluation, policy: GateConfig, power: float) -> list[Rule]:
-    rules = []
+def _slice_rules(evaluation: Evaluation, policy: GateConfig, knobs: GatePolicy) -> list[Rule]:
+    rules, m = [], knobs.metric
     for s in evaluation.slices():
         if s.rows < policy.min_slice_rows:
-            rules.append(_not_judged(s, policy, "accuracy delta CI low (non-inferiority)", s.delta.get("accuracy")))
+            rules.append(_not_judged(s, policy, f"{m} delta CI low (non-inferiority)", s.delta.get(m)))
         else:
-            rules.append(_noninferior(s, policy, power))
+            rules.append(_noninferior(s, policy, knobs))
     return rules
 
 
@@ -342,28 +357,28 @@ def _not_judged(s: SetEvaluation, policy: GateConfig, what: str, value: float | 
 
 
 def _legacy_comparisons(evaluation: Evaluation, policy: GateConfig, knobs: GatePolicy) -> list[Rule]:
-    new = evaluation.get("new")
-    gain = None if new is None else new.ci_low.get("accuracy")
+    new, m = evaluation.get("new"), knobs.metric
+    gain = None if new is None else new.ci_low.get(m)
     rules = [
         _with_width(
             check(
-                "new accuracy delta CI low (improvement)",
+                f"new {m} delta CI low (improvement)",
                 gain,
                 policy.min_improvement_new,
                 ">",
-                _ci_note(new),
+                _ci_note(new, m),
                 "improvement",
             ),
             new,
-            knobs.power,
+            knobs,
         )
     ]
     regression = evaluation.get("regression")
     rules.append(
-        _noninferior(regression, policy, knobs.power)
+        _noninferior(regression, policy, knobs)
         if regression is not None
         else check(
-            "regression accuracy delta CI low (non-inferiority)",
+            f"regression {m} delta CI low (non-inferiority)",
             None,
             -policy.noninferiority_margin,
             kind="non-inferiority",
@@ -371,8 +386,8 @@ def _legacy_comparisons(evaluation: Evaluation, policy: GateConfig, knobs: GateP
     )
     golden = evaluation.get("golden")
     if golden is not None:
-        rules.append(_noninferior(golden, policy, knobs.power))
-    return rules + _slice_rules(evaluation, policy, knobs.power)
+        rules.append(_noninferior(golden, policy, knobs))
+    return rules + _slice_rules(evaluation, policy, knobs)
 
 
 # ---------------------------------------------------------------- evidence rules
@@ -418,8 +433,9 @@ def _judge_all(targets: list[_Target], policy: GateConfig, knobs: GatePolicy) ->
     proper score adds power where it helps, to show an improvement on `new` (replayed on SST-2:
     a challenger +10 accuracy points on `new` and +3 on regression, but worse in log-loss, was
     rejected and its batch withdrawn when harm was read on log-loss)."""
-    accuracy = [None if t.found is None else paired_stat(t.found, "accuracy") for t in targets]
-    score = [None if t.found is None else paired_stat(t.found, knobs.scoring, t.parent) for t in targets]
+    m, g = knobs.metric, knobs.gain
+    accuracy = [None if t.found is None else paired_stat(t.found, m, None, m, g) for t in targets]
+    score = [None if t.found is None else paired_stat(t.found, knobs.scoring, t.parent, m, g) for t in targets]
     tested = [i for i, stat in enumerate(accuracy) if stat is not None]
     raw = [harm_pvalue(accuracy[i], policy.noninferiority_margin) for i in tested]
     adjusted = dict(zip(tested, adjust_pvalues(raw, knobs.correction), strict=True))
@@ -442,17 +458,18 @@ def _rule_name(target: _Target, scoring: str) -> str:
 def _evidence_note(j: _Judged, knobs: GatePolicy) -> str:
     """The raw score and its conversion, the accuracy delta, the corrected harm p-value; short,
     because gate.md also becomes the registry's model-version description."""
-    stat, s = j.stat, j.target.found
+    stat, s, m = j.stat, j.target.found, knobs.metric
     parts = []
-    if stat.scoring != "accuracy":
+    if stat.scoring != m:
         unit = "nats" if stat.scoring == "log_loss" else "brier"
         parts.append(
             f"{stat.scoring} {stat.point * stat.scale:+.4f} {unit} = {stat.point:+.4f} pts ({stat.scale:.3f} {unit}/pt)"
         )
-    elif knobs.scoring != "accuracy" and j.target.role == "improvement":
-        parts.append(f"judged on accuracy: no {knobs.scoring} scale here (no errors)")
-    if s is not None and not _bad(s.delta.get("accuracy")):
-        parts.append(_ci_note(s).replace("delta", "acc", 1).replace(", 95% CI", ""))
+    elif knobs.scoring != m and j.target.role == "improvement":
+        parts.append(f"judged on {m}: no {knobs.scoring} scale here")
+    if s is not None and not _bad(s.delta.get(m)):
+        short = "acc" if m == "accuracy" else m
+        parts.append(_ci_note(s, m).replace("delta", short, 1).replace(", 95% CI", ""))
     parts.append(f"harm p {j.harm_p:.3g} ({knobs.correction}, {j.family} tests)")
     return "; ".join(parts)
 
@@ -502,7 +519,7 @@ def _improvement_tests(j: _Judged, knobs: GatePolicy) -> list[PairedStat]:
     """`new` can show its gain on the configured score or on accuracy; the error budget is
     split between the two (Bonferroni), so either may pass without raising the error rate."""
     both = j.target.role == "improvement" and knobs.name == "evidence" and j.second is not None
-    return [j.stat, j.second] if both and j.stat.scoring != "accuracy" else [j.stat]
+    return [j.stat, j.second] if both and j.stat.scoring != knobs.metric else [j.stat]
 
 
 def _evidence_rule(j: _Judged, policy: GateConfig, knobs: GatePolicy) -> Rule:
@@ -511,7 +528,10 @@ def _evidence_rule(j: _Judged, policy: GateConfig, knobs: GatePolicy) -> Rule:
     kind = "improvement" if improvement else "non-inferiority"
     threshold = policy.min_improvement_new if improvement else -margin
     op = ">" if improvement else ">="
-    name = _rule_name(target, knobs.scoring if improvement else "accuracy")
+    # `new` is named after the configured score where the family records it per example.
+    paired = None if target.found is None else target.found.paired
+    scored = improvement and (not paired or f"{knobs.scoring}_gain" in paired)
+    name = _rule_name(target, knobs.scoring if scored else knobs.metric)
     if j.stat is None:  # missing set, missing evidence or a NaN: fail closed
         return Rule(name, None, threshold, op, False, "no paired evidence", kind, outcome="fail")
     tests = _improvement_tests(j, knobs)
@@ -565,37 +585,35 @@ def _evidence_comparisons(evaluation: Evaluation, policy: GateConfig, knobs: Gat
     judged = [t for t in targets if t.role != "harm" or t.found.rows >= policy.min_slice_rows]
     small = [t for t in targets if t.role == "harm" and t.found.rows < policy.min_slice_rows]
     rules = [_evidence_rule(j, policy, knobs) for j in _judge_all(judged, policy, knobs)]
-    what = "accuracy gain (harm screen)"
-    return rules + [_not_judged(t.found, policy, what, t.found.delta.get("accuracy")) for t in small]
+    what = f"{knobs.metric} gain (harm screen)"
+    return rules + [_not_judged(t.found, policy, what, t.found.delta.get(knobs.metric)) for t in small]
 
 
 # ---------------------------------------------------------------- the decision
 
 
-def _bootstrap_rules(evaluation: Evaluation, policy: GateConfig) -> list[Rule]:
+def _floor_rules(evaluation: Evaluation, policy: GateConfig, bootstrap: bool) -> tuple[list[Rule], list[Rule]]:
+    """(size and the family's floors, its calibration budget) on the challenger's `new` metrics."""
     new = evaluation.get("new")
-    b = policy.bootstrap
-    return [
-        check("rows in new test split", None if new is None else float(new.rows), policy.min_eval_rows, kind="size"),
-        check(
-            "new accuracy (bootstrap)",
-            _get(evaluation, "new", "challenger", "accuracy"),
-            b.min_accuracy_new,
-            kind="floor",
-        ),
-        check("new ece (bootstrap)", _get(evaluation, "new", "challenger", "ece"), b.max_ece, "<=", kind="calibration"),
+    suffix = " (bootstrap)" if bootstrap else ""
+    head = [
+        check("rows in new test split", None if new is None else float(new.rows), policy.min_eval_rows, kind="size")
     ]
+    tail = []
+    for metric, threshold, op, kind in family_of(evaluation.task).floors(policy, bootstrap):
+        rule = check(f"new {metric}{suffix}", _get(evaluation, "new", "challenger", metric), threshold, op, kind=kind)
+        (tail if kind == "calibration" else head).append(rule)
+    return head, tail
+
+
+def _bootstrap_rules(evaluation: Evaluation, policy: GateConfig) -> list[Rule]:
+    head, tail = _floor_rules(evaluation, policy, bootstrap=True)
+    return head + tail
 
 
 def _absolute_rules(evaluation: Evaluation, policy: GateConfig) -> tuple[list[Rule], list[Rule]]:
     """(size and floors, calibration and latency): judged alike by every policy."""
-    new = evaluation.get("new")
-    head = [
-        check("rows in new test split", None if new is None else float(new.rows), policy.min_eval_rows, kind="size"),
-        check("new accuracy", _get(evaluation, "new", "challenger", "accuracy"), policy.min_accuracy_new, kind="floor"),
-        check("new macro_f1", _get(evaluation, "new", "challenger", "macro_f1"), policy.min_macro_f1_new, kind="floor"),
-    ]
-    tail = [check("new ece", _get(evaluation, "new", "challenger", "ece"), policy.max_ece, "<=", kind="calibration")]
+    head, tail = _floor_rules(evaluation, policy, bootstrap=False)
     lat = evaluation.latency_ms
     ratio = None
     if "challenger" in lat and "champion" in lat and lat["champion"]["p95"] > 0:
@@ -634,8 +652,14 @@ def _conclude(rules: list[Rule], mode: str, knobs: GatePolicy, new_rows: int) ->
 def decide(
     evaluation: Evaluation, policy: GateConfig, has_champion: bool, knobs: GatePolicy | None = None
 ) -> GateDecision:
-    """The gate. `knobs` defaults to the policy named in `policy` (see policy_from_config)."""
-    knobs = knobs or policy_from_config(policy)
+    """The gate. `knobs` defaults to the policy named in `policy` (see policy_from_config).
+
+    The evaluation's family (tasks/families) says which metric the comparisons read and in
+    what units the improvement threshold and the non-inferiority margin are (`thresholds`)."""
+    family = family_of(evaluation.task)
+    knobs = replace(knobs or policy_from_config(policy), metric=family.GATE_METRIC, gain=family.PAIRED_GAIN)
+    least, margin = family.thresholds(policy)
+    policy = policy.model_copy(update={"min_improvement_new": least, "noninferiority_margin": margin})
     if not has_champion:
         rules = _bootstrap_rules(evaluation, policy)
         return GateDecision(all(r.passed for r in rules), "bootstrap", rules, False, knobs.name)

@@ -90,11 +90,12 @@ def accuracy_and_loss(
     return float((proba.argmax(axis=1) == examples.labels).mean()), loss
 
 
-def predict_registered(ctx, texts: list[str], version: str | None = None):
+def predict_registered(ctx, texts: list[str], version: str | None = None, params: dict | None = None):
     """`kaizen predict`: load the registered pyfunc (champion by default) and label `texts`.
 
     Going through the pyfunc itself, not a copy of it, is what makes the CLI and a served
-    model agree to the last digit. Returns (version, frame of label/score/p_<label>).
+    model agree to the last digit. Returns (version, the family's prediction frame: for a
+    classifier label/score/p_<label>). `params`: a causal LM's generation settings.
     """
     import mlflow
     import pandas as pd
@@ -108,4 +109,5 @@ def predict_registered(ctx, texts: list[str], version: str | None = None):
     if ref is None:
         raise KaizenError("there is no champion yet; run `kaizen run` first")
     model = mlflow.pyfunc.load_model(f"models:/{ctx.model_name}/{ref.version}")
-    return ref.version, model.predict(pd.DataFrame({"text": list(texts)}))
+    params = {k: v for k, v in (params or {}).items() if v is not None}
+    return ref.version, model.predict(pd.DataFrame({"text": list(texts)}), params=params or None)

@@ -23,7 +23,8 @@ from tasks.errors import KaizenError, StorageError
 from tasks.versioning import changing_data, check_remote
 from tasks.workspace import Workspace
 
-REQUIRED_COLUMNS = ("text", "label")
+# Every batch holds these besides its family's own columns (tasks/families/__init__.py).
+SHARED_COLUMNS = ("text", "label")
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 BATCH_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _SPACE = re.compile(r"\s+")
@@ -105,8 +106,8 @@ def read_table(path: Path | str, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> pd.
     return frame
 
 
-def check_columns(frame: pd.DataFrame, source: str) -> None:
-    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+def check_columns(frame: pd.DataFrame, source: str, required: tuple[str, ...] = SHARED_COLUMNS) -> None:
+    missing = [c for c in required if c not in frame.columns]
     if missing:
         found = ", ".join(map(str, frame.columns)) or "none"
         raise IngestError(f"{source}: missing required column(s) {', '.join(missing)} (found: {found})")
@@ -130,23 +131,19 @@ def assign_split(normalised: str, split: SplitConfig) -> str:
 
 
 def prepare_batch(frame: pd.DataFrame, config: KaizenConfig, source: str) -> pd.DataFrame:
-    """Keep text, label and configured slice columns; add the deterministic split."""
-    check_columns(frame, source)
-    keep = list(REQUIRED_COLUMNS) + [c for c in config.data.slice_columns if c in frame.columns]
-    batch = frame[keep].copy()
+    """Keep the family's columns (with `text` and `label`, see tasks/families) and the
+    configured slice columns; add the deterministic split."""
+    from tasks.families import family_of, text_column
+
+    family = family_of(config.task)
+    check_columns(frame, source, family.COLUMNS)
     # Nulls stay nulls so validation can name them; everything else becomes a string.
-    for column in keep:
-        batch[column] = batch[column].map(lambda v: None if _is_null(v) else str(v)).astype(object)
+    batch = family.prepare(frame.reset_index(drop=True))
+    for column in [c for c in config.data.slice_columns if c in frame.columns and c not in batch.columns]:
+        batch[column] = text_column(frame.reset_index(drop=True), column)
     norm = batch["text"].map(lambda t: normalise_text(t) if isinstance(t, str) else "")
     batch["split"] = norm.map(lambda t: assign_split(t, config.data.split))
     return batch.reset_index(drop=True)
-
-
-def _is_null(value: object) -> bool:
-    try:
-        return bool(pd.isna(value))
-    except (TypeError, ValueError):
-        return False
 
 
 def content_hash(batch: pd.DataFrame) -> str:
@@ -269,7 +266,9 @@ class StagedBatch:
 
 def extra_columns(frame: pd.DataFrame, config: KaizenConfig) -> list[str]:
     # `split` is ours (a quarantined batch being re-submitted carries it); it is recomputed.
-    known = set(REQUIRED_COLUMNS) | set(config.data.slice_columns) | {"split"}
+    from tasks.families import family_of
+
+    known = set(SHARED_COLUMNS) | set(family_of(config.task).COLUMNS) | set(config.data.slice_columns) | {"split"}
     return [str(c) for c in frame.columns if c not in known]
 
 

@@ -266,21 +266,19 @@ def register_challenger(
     sha = file_sha256(Path(model_dir) / WEIGHTS_FILE)
     tags = {**tags, tag("weights_sha256"): sha}
 
+    from tasks.families import family_of
+
+    family = family_of(config.task)
     example = pd.DataFrame({"text": example_texts[:3] or ["example"]})
-    output = pd.DataFrame(
-        {
-            "label": [config.labels[0]] * len(example),
-            "score": [0.5] * len(example),
-            **{f"p_{label}": [0.5] * len(example) for label in config.labels},
-        }
-    )
+    output = family.example_output(list(config.labels), len(example))
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(SERVING_CODE),
             artifacts={"classifier": str(model_dir)},
             model_config={"max_length": config.model.max_length, "weights_sha256": sha, "task": config.task},
-            signature=infer_signature(example, output),
+            # Generation settings travel as MLflow params (`predict(frame, params=...)`).
+            signature=infer_signature(example, output, params=dict(family.PREDICT_PARAMS) or None),
             input_example=example,
             pip_requirements=[],  # served from the kaizen environment itself
         )

@@ -46,15 +46,17 @@ def _download_json(client, run_id: str | None, name: str) -> dict | None:
 
 
 def batch_profile(path: Path, labels: list[str]) -> dict:
-    """Size, label shares and text-length profile of one batch file."""
+    """Size, label (stratum) shares and text-length profile of one batch file; `labels` first,
+    then any other value the batch's `label` column holds (a family's derived strata)."""
     import pandas as pd
 
     frame = pd.read_parquet(path, columns=["text", "label"])
     lengths = frame["text"].fillna("").astype(str).str.len()
     shares = frame["label"].value_counts(normalize=True)
+    shown = list(labels) + sorted(str(v) for v in shares.index if v not in labels)
     return {
         "rows": int(len(frame)),
-        "label_share": {label: float(shares.get(label, 0.0)) for label in labels},
+        "label_share": {label: float(shares.get(label, 0.0)) for label in shown},
         "mean_chars": float(lengths.mean()) if len(frame) else float("nan"),
         "p95_chars": float(lengths.quantile(0.95)) if len(frame) else float("nan"),
     }
@@ -97,13 +99,24 @@ def collect_report(client, ws, config) -> dict:
                 **batch_profile(quarantine.batch_file(ws, batch_id), config.labels),
             }
         )
+    from tasks.families import family_of
+
+    # The family of the newest evaluation (the registry may hold another family's versions
+    # than the config names, e.g. after `kaizen demo --task ...`).
+    tasks = [(v.get("evaluation") or {}).get("task") for v in versions]
+    family = family_of(next((t for t in reversed(tasks) if t), config.task))
+    strata = [label for b in batches for label in b["label_share"]]
     return {
         "model": name,
         "champion": champion.version if champion else None,
         "ledger": [e.__dict__ for e in read_ledger(client, name)],
         "versions": versions,
         "batches": batches,
-        "labels": list(config.labels),
+        "labels": list(dict.fromkeys(strata)) if batches else list(config.labels),
+        "task": family.NAME,
+        "metric": family.PRIMARY_METRIC,
+        # The family's other floors and budgets, shown per version beside the primary metric.
+        "extra_metrics": [m for m, *_ in family.floors(config.gate, False) if m != family.PRIMARY_METRIC],
     }
 
 
@@ -130,15 +143,17 @@ def _plot_metrics(data: dict, out: Path) -> str:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.5))
     xs = [int(v["version"]) for v in data["versions"]]
+    metric = data.get("metric", "accuracy")
     for set_name in ("new", "regression", "golden"):
-        ys = [_metric(v, set_name, "challenger") for v in data["versions"]]
+        ys = [_metric(v, set_name, "challenger", metric) for v in data["versions"]]
         if any(y is not None for y in ys):
-            ax.plot(xs, [float("nan") if y is None else y for y in ys], marker="o", label=f"{set_name} accuracy")
+            ax.plot(xs, [float("nan") if y is None else y for y in ys], marker="o", label=f"{set_name} {metric}")
     ax.set_xlabel("model version")
-    ax.set_ylim(0, 1.02)
+    if metric != "perplexity":  # the others lie in [0, 1]
+        ax.set_ylim(0, 1.02)
     ax.set_xticks(xs)
-    ax.legend(loc="lower right")
-    ax.set_title("challenger accuracy per version and evaluation set")
+    ax.legend(loc="best")
+    ax.set_title(f"challenger {metric} per version and evaluation set")
     return _save_figure(fig, out, "metrics.png")
 
 
@@ -159,7 +174,7 @@ def _plot_drift(data: dict, out: Path) -> str:
     names = [b["batch_id"] for b in data["batches"]]
     bottom = [0.0] * len(names)
     for label in data["labels"]:
-        share = [b["label_share"][label] for b in data["batches"]]
+        share = [b["label_share"].get(label, 0.0) for b in data["batches"]]
         left.bar(names, share, bottom=bottom, label=label)
         bottom = [a + b for a, b in zip(bottom, share, strict=True)]
     left.set_title("label share per batch")
@@ -171,17 +186,22 @@ def _plot_drift(data: dict, out: Path) -> str:
     return _save_figure(fig, out, "drift.png")
 
 
-def _version_row(v: dict, champion: str | None) -> str:
+def _version_row(v: dict, champion: str | None, metric: str = "accuracy", extra: tuple[str, ...] = ()) -> str:
     from tasks.lineage import Lineage
 
     e, lineage = html.escape, Lineage.from_tags(v["tags"])
+    cells = [
+        _metric(v, "new", "challenger", metric),
+        _metric(v, "new", "champion", metric),
+        _metric(v, "regression", "challenger", metric),
+        _metric(v, "regression", "champion", metric),
+        *(_metric(v, "new", "challenger", m) for m in extra),
+    ]
     return (
         f"<tr><td>v{e(v['version'])}{' (champion)' if v['version'] == champion else ''}</td>"
         f"<td>{e(', '.join(lineage.new_batches))}</td><td>{e(lineage.gate_verdict or '-')}</td>"
-        f"<td>{_num(_metric(v, 'new', 'challenger'))}</td><td>{_num(_metric(v, 'new', 'champion'))}</td>"
-        f"<td>{_num(_metric(v, 'regression', 'challenger'))}</td><td>{_num(_metric(v, 'regression', 'champion'))}</td>"
-        f"<td>{_num(_metric(v, 'new', 'challenger', 'macro_f1'))}</td><td>{_num(_metric(v, 'new', 'challenger', 'ece'))}</td>"
-        f"<td><code>{e(lineage.data_md5)}</code></td></tr>"
+        + "".join(f"<td>{_num(c)}</td>" for c in cells)
+        + f"<td><code>{e(lineage.data_md5)}</code></td></tr>"
     )
 
 
@@ -251,7 +271,8 @@ def write_report(data: dict, out: Path) -> Path:
         _plot_drift(data, out) if data["batches"] else None,
     ]
     e = html.escape
-    rows = [_version_row(v, data["champion"]) for v in data["versions"]]
+    metric, extra = data.get("metric", "accuracy"), tuple(data.get("extra_metrics", ()))
+    rows = [_version_row(v, data["champion"], metric, extra) for v in data["versions"]]
     gates = []
     for v in data["versions"]:
         gate = v.get("gate") or {}
@@ -269,7 +290,7 @@ def write_report(data: dict, out: Path) -> Path:
     )
     drift = "".join(
         f"<tr><td>{e(b['batch_id'])}</td><td>{e(b['status'])}</td><td>{b['rows']}</td>"
-        + "".join(f"<td>{b['label_share'][label]:.3f}</td>" for label in data["labels"])
+        + "".join(f"<td>{b['label_share'].get(label, 0.0):.3f}</td>" for label in data["labels"])
         + f"<td>{b['mean_chars']:.1f}</td><td>{b['p95_chars']:.1f}</td></tr>"
         for b in data["batches"]
     )
@@ -284,8 +305,9 @@ img{{max-width:100%;margin:.5em 0;display:block}}</style></head><body>
 <h2>Champion timeline</h2><table><tr><th>#</th><th>when</th><th>action</th><th>from</th><th>to</th><th>who</th><th>why</th></tr>{ledger}</table>
 <h2>Which version served when</h2><table><tr><th>champion</th><th>from</th><th>until</th><th>how</th><th>who</th></tr>{served}</table>
 <h2>Approvals</h2>{_approvals_html(data)}
-<h2>Versions</h2><table><tr><th>version</th><th>new batches</th><th>gate</th><th>new acc</th><th>champion new acc</th>
-<th>regression acc</th><th>champion regression acc</th><th>new macro-F1</th><th>new ECE</th><th>data md5</th></tr>{"".join(rows)}</table>
+<h2>Versions</h2><table><tr><th>version</th><th>new batches</th><th>gate</th><th>new {e(metric)}</th>
+<th>champion new {e(metric)}</th><th>regression {e(metric)}</th><th>champion regression {e(metric)}</th>
+{"".join(f"<th>new {e(m)}</th>" for m in extra)}<th>data md5</th></tr>{"".join(rows)}</table>
 <h2>Gate decisions</h2>{"".join(gates)}
 <h2>Drift per batch</h2><table><tr><th>batch</th><th>status</th><th>rows</th>{label_heads}<th>mean chars</th><th>p95 chars</th></tr>{drift}</table>
 </body></html>"""

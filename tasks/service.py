@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import numpy as np
+import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 from starlette.requests import Request  # module level: FastAPI resolves handler annotations here
 
@@ -40,19 +41,47 @@ class PredictRequest(BaseModel):
     texts: list[StrictStr] = Field(min_length=1)
 
 
+class GenerateRequest(PredictRequest):
+    """POST /generate: prompts and the generation settings of a causal LM."""
+
+    max_new_tokens: int = Field(32, ge=1, le=512)
+    temperature: float = Field(0.0, ge=0, le=5)
+    seed: int = 0
+
+
 @dataclass(frozen=True)
 class Served:
     """One loaded version: what answers requests until the next swap."""
 
     version: str
-    model: object  # the unwrapped KaizenClassifier pyfunc: .model, .tokenizer, .max_length
+    model: object  # the unwrapped KaizenClassifier pyfunc: .family, .model, .tokenizer, .max_length
     since: str
     labels: list[str] = field(default_factory=list)
 
-    def predict(self, texts: list[str]) -> np.ndarray:
-        from tasks.inference import predict_texts
+    @property
+    def generates(self) -> bool:
+        return bool(getattr(self.model.family, "PREDICT_PARAMS", None))
 
-        return predict_texts(self.model.model, self.model.tokenizer, texts, self.model.max_length)
+    def predict(self, texts: list[str], **params) -> pd.DataFrame:
+        """The family's prediction frame (tasks/families), as `kaizen predict` and the pyfunc answer."""
+        m = self.model
+        return m.family.predict_frame(m.model, m.tokenizer, texts, m.max_length, **params)
+
+
+def answers(frame: pd.DataFrame, version: str) -> list[dict]:
+    """One JSON object per row of a prediction frame; `p_<label>` columns become `probabilities`."""
+    out = []
+    for row in frame.to_dict("records"):
+        answer = {k: _plain(v) for k, v in row.items() if not str(k).startswith("p_")}
+        probabilities = {str(k)[2:]: float(v) for k, v in row.items() if str(k).startswith("p_")}
+        if probabilities:
+            answer["probabilities"] = probabilities
+        out.append({**answer, "version": version})
+    return out
+
+
+def _plain(value):
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def load_version(ctx: Context, version: str) -> Served:
@@ -65,7 +94,8 @@ def load_version(ctx: Context, version: str) -> Served:
     pyfunc = mlflow.pyfunc.load_model(f"models:/{ctx.model_name}/{version}")
     model = pyfunc.unwrap_python_model()
     served = Served(version, model, _now(), label_names(model.model))
-    served.predict(["warm up"])  # the first forward pass allocates; no request should pay for it
+    # The first forward pass allocates; no request should pay for it (one generated token is enough).
+    served.predict(["warm up"], max_new_tokens=1)
     return served
 
 
@@ -149,7 +179,7 @@ class Batcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def predict(self, texts: list[str]) -> tuple[Served, np.ndarray]:
+    async def predict(self, texts: list[str]) -> tuple[Served, pd.DataFrame]:
         future = asyncio.get_running_loop().create_future()
         await self.queue.put(_Waiting(texts, future))
         return await future
@@ -189,7 +219,7 @@ class Batcher:
             start = 0
             for item in batch:
                 if not item.future.done():
-                    item.future.set_result((served, proba[start : start + len(item.texts)]))
+                    item.future.set_result((served, proba.iloc[start : start + len(item.texts)]))
                 start += len(item.texts)
 
 
@@ -235,7 +265,7 @@ class Guard:
     refuses a body over `max_bytes` with 413, before or while it is read (uvicorn has no limit
     of its own, and a client need not send Content-Length), and counts responses by route."""
 
-    ROUTES = ("/predict", "/health", "/metrics")
+    ROUTES = ("/predict", "/generate", "/health", "/metrics")
 
     def __init__(self, app, max_bytes: int, metrics: Metrics):
         self.app, self.max_bytes, self.metrics = app, max_bytes, metrics
@@ -281,9 +311,9 @@ class Guard:
         await send({"type": "http.response.body", "body": body})
 
 
-def parse_request(raw: bytes) -> PredictRequest:
-    """The body as a PredictRequest, or a 400/422 whose message names the problem without
-    echoing the (possibly huge) input back; any content type is read as JSON."""
+def parse_request(raw: bytes, schema: type[PredictRequest] = PredictRequest) -> PredictRequest:
+    """The body as a PredictRequest (or GenerateRequest), or a 400/422 whose message names the
+    problem without echoing the (possibly huge) input back; any content type is read as JSON."""
     import json
 
     from fastapi import HTTPException
@@ -294,14 +324,17 @@ def parse_request(raw: bytes) -> PredictRequest:
     except (ValueError, UnicodeDecodeError) as exc:
         raise HTTPException(400, f"body is not valid JSON: {exc}") from None
     try:
-        return PredictRequest.model_validate(payload)
+        return schema.model_validate(payload)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()[:5])
-        raise HTTPException(422, f'expected {{"texts": ["...", ...]}} and nothing else: {problems}') from None
+        fields = ", ".join(f'"{f}"' for f in schema.model_fields if f != "texts")
+        extra = f" (optional: {fields})" if fields else ""
+        raise HTTPException(422, f'expected {{"texts": ["...", ...]}}{extra} and nothing else: {problems}') from None
 
 
 def build_app(ctx: Context, follow: bool = True):
-    """The FastAPI app: POST /predict, GET /health, GET /metrics; nothing else is routed."""
+    """The FastAPI app: POST /predict, POST /generate (a causal LM), GET /health, GET /metrics;
+    nothing else is routed."""
     from fastapi import FastAPI, HTTPException
     from fastapi.responses import JSONResponse, Response
 
@@ -322,10 +355,7 @@ def build_app(ctx: Context, follow: bool = True):
     app = FastAPI(title="kaizen", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.follower, app.state.metrics = follower, metrics
 
-    @app.post("/predict")
-    async def predict(request: Request):
-        started = time.perf_counter()
-        body = parse_request(await request.body())
+    def checked(body: PredictRequest) -> PredictRequest:
         if len(body.texts) > config.max_texts:
             raise HTTPException(
                 413, f"{len(body.texts)} texts; at most serve.max_texts = {config.max_texts} per request"
@@ -335,25 +365,37 @@ def build_app(ctx: Context, follow: bool = True):
                 raise HTTPException(
                     422, f"texts[{i}] has {len(text)} characters; at most serve.max_chars = {config.max_chars}"
                 )
+        return body
+
+    @app.post("/predict")
+    async def predict(request: Request):
+        started = time.perf_counter()
+        body = checked(parse_request(await request.body()))
         try:
-            served, proba = await batcher.predict(body.texts)
+            served, frame = await batcher.predict(body.texts)
         except NoChampion:
             raise HTTPException(503, f"no champion of {ctx.model_name} is served yet") from None
         metrics.texts.inc(len(body.texts))
         metrics.latency.observe(time.perf_counter() - started)
-        return {
-            "model": ctx.model_name,
-            "version": served.version,
-            "predictions": [
-                {
-                    "label": served.labels[int(row.argmax())],
-                    "score": float(row.max()),
-                    "probabilities": {label: float(p) for label, p in zip(served.labels, row, strict=True)},
-                    "version": served.version,
-                }
-                for row in proba
-            ],
-        }
+        return {"model": ctx.model_name, "version": served.version, "predictions": answers(frame, served.version)}
+
+    @app.post("/generate")
+    async def generate(request: Request):
+        """Continuations from a causal LM champion; not batched with other requests, since
+        each request brings its own settings."""
+        started = time.perf_counter()
+        body = checked(parse_request(await request.body(), GenerateRequest))
+        served = follower.current
+        if served is None:
+            raise HTTPException(503, f"no champion of {ctx.model_name} is served yet")
+        if not served.generates:
+            family = served.model.family.NAME
+            raise HTTPException(409, f"{ctx.model_name} v{served.version} is a {family} model; it does not generate")
+        params = {"max_new_tokens": body.max_new_tokens, "temperature": body.temperature, "seed": body.seed}
+        frame = await asyncio.to_thread(served.predict, body.texts, **params)
+        metrics.texts.inc(len(body.texts))
+        metrics.latency.observe(time.perf_counter() - started)
+        return {"model": ctx.model_name, "version": served.version, "predictions": answers(frame, served.version)}
 
     @app.get("/health")
     async def health():

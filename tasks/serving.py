@@ -1,8 +1,10 @@
 """MLflow "model from code" definition of a registered kaizen classifier.
 
 MLflow executes this file to rebuild the model, so nothing is unpickled when a registered
-version is loaded; the weights are the safetensors in the `classifier` artifact. Predictions
-go through `tasks.inference.predict_texts`, the same function as `kaizen predict`.
+version is loaded; the weights are the safetensors in the `classifier` artifact (the name of
+the first family's model, kept so every version registered since loads the same way).
+Predictions go through the family's `predict_frame`, the same function as `kaizen predict`
+and the service; a causal LM takes its generation settings as MLflow params.
 `mlflow.models.set_model` at the bottom is the side effect MLflow requires of such a file.
 """
 
@@ -51,7 +53,7 @@ class KaizenClassifier(PythonModel):
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         texts = [str(t) for t in model_input["text"].tolist()]
-        return self.family.predict_frame(self.model, self.tokenizer, texts, self.max_length)
+        return self.family.predict_frame(self.model, self.tokenizer, texts, self.max_length, **(params or {}))
 
 
 mlflow.models.set_model(KaizenClassifier())

@@ -82,7 +82,8 @@ def metric_logger(ctx: Context, run_id: str) -> LogMetrics:
 
 
 def log_evaluation(ctx: Context, run_id: str, evaluation: Evaluation, decision: GateDecision) -> None:
-    """Metrics of every set and slice, evaluation.json, gate.json / gate.md, the confusion matrix."""
+    """Metrics of every set and slice, evaluation.json, gate.json / gate.md, the confusion matrix
+    (a classifier), both models' generations from fixed prompts (a causal LM: samples.md)."""
     from tasks.report import confusion_figure
 
     client = ctx.client
@@ -94,6 +95,18 @@ def log_evaluation(ctx: Context, run_id: str, evaluation: Evaluation, decision: 
     new_set = evaluation.get("new")
     if new_set is not None and new_set.confusion:
         client.log_figure(run_id, confusion_figure(new_set, evaluation.labels), "confusion_new.png")
+    if evaluation.samples:
+        client.log_text(run_id, samples_markdown(evaluation.samples), "samples.md")
+
+
+def samples_markdown(samples: dict[str, dict[str, str]]) -> str:
+    """Both models' continuations of the same fixed prompts, side by side."""
+    roles = list(samples)
+    lines = ["| prompt | " + " | ".join(roles) + " |", "|---" * (len(roles) + 1) + "|"]
+    for prompt in samples[roles[0]]:
+        cells = [samples[r].get(prompt, "").replace("|", "\\|").replace("\n", " ") for r in roles]
+        lines.append(f"| {prompt} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def flat_metrics(evaluation: Evaluation, slices: bool) -> dict[str, float]:

@@ -103,6 +103,20 @@ def _checkpoints(root: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[5:]), reverse=True)
 
 
+def unshared(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Contiguous CPU tensors, none sharing memory with another: safetensors refuses tied weights
+    (a GPT's input embedding is its output layer), and loading writes both names alike."""
+    seen: set[int] = set()
+    out = {}
+    for name, tensor in weights.items():
+        tensor = tensor.detach().cpu().contiguous()
+        if tensor.data_ptr() in seen:
+            tensor = tensor.clone()
+        seen.add(tensor.data_ptr())
+        out[name] = tensor
+    return out
+
+
 def write_checkpoint(
     root: Path,
     step: int,
@@ -120,10 +134,9 @@ def write_checkpoint(
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".step-{step}."))
     final = root / f"step-{step}"
     try:
-        weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        save_file(weights, str(tmp / "model.safetensors"))
+        save_file(unshared(model.state_dict()), str(tmp / "model.safetensors"))
         if best is not None:
-            save_file({k: v.contiguous() for k, v in best.items()}, str(tmp / "best.safetensors"))
+            save_file(unshared(best), str(tmp / "best.safetensors"))
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
         (tmp / "state.json").write_text(json.dumps(state))
         (tmp / COMPLETE).write_text(str(step))
@@ -180,7 +193,7 @@ def _wrap_lora(model: torch.nn.Module, lora: LoraConfig, task_type: str) -> torc
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
-        target_modules=list(lora.target_modules),
+        target_modules=list(lora.target_modules) or None,  # None: peft's choice for the architecture
     )
     return get_peft_model(model, config)
 
@@ -730,7 +743,15 @@ def train_challenger(
     """
     t = config.train
     train, validation, replayed = training_sets(
-        ws, config.labels, plan.new_batches, plan.seen_batches, features, t.replay_fraction, t.replay_max_rows, t.seed
+        ws,
+        config.labels,
+        plan.new_batches,
+        plan.seen_batches,
+        features,
+        t.replay_fraction,
+        t.replay_max_rows,
+        t.seed,
+        config.task,
     )
     log(
         f"train: {len(train) - replayed} new rows + {replayed} replayed rows from {len(plan.seen_batches)} "

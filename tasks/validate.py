@@ -30,7 +30,8 @@ SUITE_NAME = "kaizen_batch"
 ENCODING_DEBRIS = re.compile(
     "\ufffd|Ã[\u0080-\u00bf]|â€|Â[\u00a0-\u00bf]|ï¿½|[\u0080-\u009f]|&(?:lt|gt|amp|quot|apos|nbsp|#\\d+);"
 )
-HELPERS = ["_text_stripped", "_labels_per_text", "_encoding_debris", "_duplicate", "_label_share", "_leaks_test"]
+# The helper columns every family's suite reads; a family adds its own (Family.HELPERS).
+HELPERS = ["_text_stripped", "_encoding_debris", "_duplicate", "_leaks_test"]
 
 
 @dataclass(frozen=True)
@@ -65,8 +66,9 @@ class ValidationReport:
         return json.dumps(asdict(self), indent=1, default=str)
 
 
-def add_helper_columns(batch: pd.DataFrame, test_keys: np.ndarray | None = None) -> pd.DataFrame:
-    """Columns that let plain GX expectations check row-group properties."""
+def add_helper_columns(batch: pd.DataFrame, config: KaizenConfig, test_keys: np.ndarray | None = None) -> pd.DataFrame:
+    """Columns that let plain GX expectations check row-group properties (the family's too)."""
+    from tasks.families import family_of
     from tasks.history import leak_key
 
     frame = batch.copy()
@@ -76,15 +78,10 @@ def add_helper_columns(batch: pd.DataFrame, test_keys: np.ndarray | None = None)
     norm = text.map(lambda t: (normalise_text(t) or None) if isinstance(t, str) else None)
     frame["_encoding_debris"] = text.map(lambda t: bool(ENCODING_DEBRIS.search(t)) if isinstance(t, str) else False)
     frame["_duplicate"] = norm.notna() & norm.duplicated(keep="first")
-    if "label" in frame:
-        labels_per_text = (
-            pd.DataFrame({"norm": norm, "label": frame["label"]})
-            .groupby("norm", dropna=True)["label"]
-            .transform("nunique")
-        )
-        frame["_labels_per_text"] = labels_per_text.fillna(1).astype(int)
-        shares = frame["label"].map(frame["label"].value_counts(normalize=True))
-        frame["_label_share"] = shares.astype(float).fillna(1.0)
+    family = family_of(config.task)
+    if all(c in frame for c in family.COLUMNS):  # a missing column is its own expectation's failure
+        for name, column in family.helper_columns(frame, config).items():
+            frame[name] = column
     keys = test_keys if test_keys is not None else np.zeros(0, dtype=np.int64)
     if len(keys) and "split" in frame:
         # keys are kept sorted: a binary search per row, so the cost grows with the batch only
@@ -103,17 +100,21 @@ def build_expectations(config: KaizenConfig, columns: list[str]) -> list[tuple[s
     """(name, expectation) pairs; the names are what a data engineer reads in a failure."""
     import great_expectations as gx
 
+    from tasks.families import family_of
+
     e = gx.expectations
     v = config.validation
+    family = family_of(config.task)
     named = []
     if not v.allow_extra_columns:
-        allowed = ["text", "label", "split"] + [c for c in config.data.slice_columns if c in columns]
+        own = list(dict.fromkeys(["text", "label", *family.COLUMNS, "split"]))
+        allowed = own + [c for c in config.data.slice_columns if c in columns]
+        helpers = HELPERS + [h for h in family.HELPERS if h in columns]
         named.append(
-            ("no unexpected columns", e.ExpectTableColumnsToMatchSet(column_set=allowed + HELPERS, exact_match=True))
+            ("no unexpected columns", e.ExpectTableColumnsToMatchSet(column_set=allowed + helpers, exact_match=True))
         )
     named += [
         ("text column present", e.ExpectColumnToExist(column="text")),
-        ("label column present", e.ExpectColumnToExist(column="label")),
         (f"at least {v.min_rows} rows", e.ExpectTableRowCountToBeBetween(min_value=v.min_rows)),
         ("text not null", e.ExpectColumnValuesToNotBeNull(column="text")),
         ("text not empty after stripping", e.ExpectColumnValueLengthsToBeBetween(column="_text_stripped", min_value=1)),
@@ -121,8 +122,6 @@ def build_expectations(config: KaizenConfig, columns: list[str]) -> list[tuple[s
             f"text at most {v.max_text_chars} characters",
             e.ExpectColumnValueLengthsToBeBetween(column="text", max_value=v.max_text_chars),
         ),
-        ("label not null", e.ExpectColumnValuesToNotBeNull(column="label")),
-        ("no text with two labels", e.ExpectColumnValuesToBeBetween(column="_labels_per_text", max_value=1)),
         (
             f"encoding debris in at most {v.max_encoding_debris_rate:.0%} of rows",
             e.ExpectColumnValuesToBeInSet(
@@ -134,22 +133,11 @@ def build_expectations(config: KaizenConfig, columns: list[str]) -> list[tuple[s
             e.ExpectColumnValuesToBeInSet(column="_duplicate", value_set=[False], mostly=1 - v.max_duplicate_rate),
         ),
         (
-            f"every class at least {v.min_class_share:.0%} of rows",
-            e.ExpectColumnMinToBeBetween(column="_label_share", min_value=v.min_class_share),
-        ),
-        (
             "no text already in an earlier test split",
             e.ExpectColumnValuesToBeInSet(column="_leaks_test", value_set=[False]),
         ),
     ]
-    if not v.allow_label_growth:
-        named.append(
-            (
-                "label in declared label set",
-                e.ExpectColumnValuesToBeInSet(column="label", value_set=list(config.labels)),
-            )
-        )
-    return named
+    return named + family.expectations(config)
 
 
 def _detail(result: dict) -> str:
@@ -234,7 +222,8 @@ def run_suite(frame: pd.DataFrame, named: list[tuple[str, object]], docs_dir: Pa
 
 
 def _with_examples(outcome: ExpectationOutcome, frame: pd.DataFrame) -> ExpectationOutcome:
-    """A failed helper-column expectation shows example texts, not helper values."""
+    """A failed helper-column expectation names example rows (the n-th data row of the file)
+    with their text, and what the family's rule found in them, not helper values."""
     column = outcome.column or ""
     if outcome.success or not column.startswith("_") or column not in frame or "e.g." not in outcome.detail:
         return outcome
@@ -243,11 +232,16 @@ def _with_examples(outcome: ExpectationOutcome, frame: pd.DataFrame) -> Expectat
         "_text_stripped": lambda: values.map(lambda v: v == ""),
         "_labels_per_text": lambda: values > 1,
         "_label_share": lambda: values == values.min(),
-    }.get(column, lambda: values.astype(bool))()
-    texts = frame.loc[bad.fillna(False).astype(bool), "text"].head(3).map(lambda t: repr(t)[:60]).tolist()
+    }.get(column, lambda: values.map(lambda v: isinstance(v, str) or bool(v)))()
+    positions = np.flatnonzero(bad.fillna(False).astype(bool).to_numpy())[:3]
+    texts = []
+    for i in positions:
+        found = values.iloc[i]
+        why = f" ({found})" if isinstance(found, str) and found else ""
+        texts.append(f"row {i + 1}: {repr(frame['text'].iloc[i])[:60]}{why}")
     if column == "_label_share":
         texts = [repr(str(v)) for v in frame.loc[bad, "label"].unique()[:3]]
-    detail = outcome.detail.split(", e.g.")[0] + ", e.g. " + ", ".join(texts)
+    detail = outcome.detail.split(", e.g.")[0] + ", e.g. " + "; ".join(texts)
     return ExpectationOutcome(
         outcome.name, outcome.expectation, outcome.column, outcome.success, detail, outcome.warning
     )
@@ -277,7 +271,10 @@ def drift_outcomes(batch: pd.DataFrame, config: KaizenConfig, history, tokenizer
 
 
 def label_growth_outcomes(batch: pd.DataFrame, config: KaizenConfig) -> list[ExpectationOutcome]:
-    if not config.validation.allow_label_growth or "label" not in batch:
+    from tasks.families import family_of
+
+    # Only where `label` is the submitted class, not a stratum derived from other columns.
+    if not config.validation.allow_label_growth or "label" not in family_of(config.task).COLUMNS:
         return []
     new = sorted(set(batch["label"].dropna().astype(str)) - set(config.labels))
     detail = f"new label(s) {new}: add them to `labels` and retrain from the base model" if new else "ok"
@@ -294,7 +291,7 @@ def validate_batch(
     docs_dir: Path | None = None,
 ) -> ValidationReport:
     """Run the whole suite on the whole batch; collect every outcome, never stop at the first."""
-    frame = add_helper_columns(batch, test_keys)
+    frame = add_helper_columns(batch, config, test_keys)
     for column in extra_columns or []:
         frame[column] = None  # present for the columns check; never stored
     outcomes = run_suite(frame, build_expectations(config, list(frame.columns)), docs_dir)

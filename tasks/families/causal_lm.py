@@ -24,6 +24,65 @@ DISTILLS = False  # a teacher would be a vocabulary-sized distribution per token
 INPUT_COLUMNS = ("text",)
 LORA_TASK_TYPE = "CAUSAL_LM"
 IGNORE = -100
+COLUMNS = ("text",)
+USES_LABELS = False  # config.labels is ignored
+# Mean log-likelihood per token (minus the mean token loss): its challenger-minus-champion delta
+# is ln(champion perplexity / challenger perplexity), so a perplexity ratio margin r is ln r.
+GATE_METRIC = "log_likelihood"
+PAIRED_GAIN = "log_likelihood_gain"  # per document, its term in that delta (documents weigh by their tokens)
+HELPERS: tuple[str, ...] = ()
+PREDICT_PARAMS = {"max_new_tokens": 32, "temperature": 0.0, "seed": 0}
+SAMPLE_PROMPTS = 3  # documents of `new` whose opening words prompt the generations recorded on the run
+PROMPT_WORDS = 6
+
+
+# --- data ------------------------------------------------------------------------------------
+
+
+def prepare(frame):
+    """`text` as given; every document is one stratum (`label` = `document`)."""
+    import pandas as pd
+
+    from tasks.families import text_column
+
+    text = text_column(frame, "text")
+    return pd.DataFrame({"text": text, "label": ["document"] * len(text)})
+
+
+def helper_columns(batch, config) -> dict:
+    return {}  # the shared rules (non-empty, length, debris, duplicates, leakage) are this family's
+
+
+def expectations(config) -> list[tuple[str, object]]:
+    return []
+
+
+def floors(gate, bootstrap: bool) -> list[tuple[str, float, str, str]]:
+    """A perplexity ceiling when one is configured; otherwise only that it is finite."""
+    ceiling = gate.max_perplexity_new if gate.max_perplexity_new > 0 else float("inf")
+    return [("perplexity", ceiling, "<", "floor")]
+
+
+def thresholds(gate) -> tuple[float, float]:
+    import math
+
+    return 0.0, math.log(gate.max_perplexity_ratio)
+
+
+def label_set(frame) -> list[str] | None:
+    return None
+
+
+def example_output(labels, rows: int):
+    import pandas as pd
+
+    return pd.DataFrame({"generated": ["text"] * rows})
+
+
+def sample_prompts(frame) -> list[str]:
+    """Fixed prompts for the generations recorded on a run: the opening words of the first documents."""
+    texts = [str(t) for t in frame["text"].head(SAMPLE_PROMPTS)]
+    return [" ".join(t.split()[:PROMPT_WORDS]) for t in texts if t.strip()]
 
 
 def featurize(frame, tokenizer, max_length: int) -> dict[str, np.ndarray]:
@@ -41,7 +100,7 @@ def featurize(frame, tokenizer, max_length: int) -> dict[str, np.ndarray]:
     }
 
 
-def examples_from(frame, features: dict[str, list[np.ndarray]]) -> Examples:
+def examples_from(frame, features: dict[str, list[np.ndarray]], labels=None) -> Examples:
     """Documents as Examples; every row is its own target (`labels` all 0: one stratum)."""
     ids = list(features["ids"])
     return Examples(
@@ -131,10 +190,23 @@ def generate(
     return out
 
 
-def predict_frame(model, tokenizer, texts: list[str], max_length: int):
+def predict_frame(model, tokenizer, texts: list[str], max_length: int, **params):
+    """A continuation of each text (PREDICT_PARAMS: max_new_tokens, temperature, seed)."""
     import pandas as pd
 
-    return pd.DataFrame({"generated": generate(model, tokenizer, list(texts))})
+    chosen = {**PREDICT_PARAMS, **{k: v for k, v in params.items() if k in PREDICT_PARAMS and v is not None}}
+    return pd.DataFrame(
+        {
+            "generated": generate(
+                model,
+                tokenizer,
+                list(texts),
+                max_new_tokens=int(chosen["max_new_tokens"]),
+                temperature=float(chosen["temperature"]),
+                seed=int(chosen["seed"]),
+            )
+        }
+    )
 
 
 # --- metrics -----------------------------------------------------------------------------------
@@ -148,7 +220,7 @@ def _document_sums(nll: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _summary(total: np.ndarray, tokens: np.ndarray) -> dict[str, float]:
     n = float(tokens.sum())
     mean = float(total.sum() / n) if n else float("nan")
-    return {"mean_token_loss": mean, "perplexity": float(np.exp(mean)), "tokens": n}
+    return {"mean_token_loss": mean, "perplexity": float(np.exp(mean)), GATE_METRIC: -mean, "tokens": n}
 
 
 def validation_metrics(model, examples: Examples, pad_id: int, batch_size: int, device) -> dict[str, float]:
@@ -177,9 +249,13 @@ def evaluate_set(
     base_total, _ = _document_sums(champion)
     base = _summary(base_total, tokens)
     delta = {k: scores[k] - base[k] for k in ("mean_token_loss", "perplexity")}
+    delta[GATE_METRIC] = scores[GATE_METRIC] - base[GATE_METRIC]
     low, high = _bootstrap(total, base_total, tokens, resamples, seed)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        gain = np.where(tokens > 0, (base_total - total) / np.maximum(tokens, 1), 0.0)
+    low[GATE_METRIC], high[GATE_METRIC] = -high["mean_token_loss"], -low["mean_token_loss"]
+    # Each document's term of (champion - challenger) summed loss / all tokens, times n: the
+    # terms average to the token-weighted loss difference (documents weigh by their length).
+    n, scored = len(tokens), float(tokens.sum())
+    gain = (base_total - total) * n / scored if scored else np.zeros(n)
     return SetEvaluation(
         name,
         kind,
@@ -189,7 +265,7 @@ def evaluate_set(
         delta=delta,
         ci_low=low,
         ci_high=high,
-        paired={"document_loss_gain": np.round(gain, 6).tolist()},
+        paired={PAIRED_GAIN: np.round(gain, 6).tolist()},
     )
 
 

@@ -31,6 +31,14 @@ INPUT_COLUMNS = ("tokens",)
 LORA_TASK_TYPE = "TOKEN_CLS"
 IGNORE = -100  # the target of sub-tokens that carry no tag (cross_entropy's ignore_index)
 NO_WORD = -1  # in the `words` feature array: not the first sub-token of a word
+COLUMNS = ("tokens", "tags")
+USES_LABELS = True  # config.labels is the tag set, `O` included
+GATE_METRIC = "entity_f1"
+# Per sentence, its term in the linearised challenger-minus-champion entity F1 (the delta
+# method): the terms average to the F1 delta exactly, and their spread is F1's sampling spread.
+PAIRED_GAIN = "f1_gain"
+HELPERS = ("_token_count", "_empty_token", "_unknown_tag", "_bio")
+PREDICT_PARAMS: dict = {}
 
 
 # --- data ------------------------------------------------------------------------------------
@@ -41,6 +49,84 @@ def split_words(value) -> list[str]:
     if isinstance(value, str):
         return value.split(" ")
     return [str(v) for v in value]
+
+
+def prepare(frame):
+    """`tokens` and `tags` as space-joined strings (lists are joined); `text` is the sentence,
+    `label` whether it holds an entity (`entity` or `none`), what replay keeps in proportion."""
+    import pandas as pd
+
+    from tasks.families import text_column
+
+    tokens, tags = text_column(frame, "tokens"), text_column(frame, "tags")
+    stratum = tags.map(lambda t: "entity" if isinstance(t, str) and any(x != "O" for x in t.split(" ")) else "none")
+    return pd.DataFrame({"tokens": tokens, "tags": tags, "text": tokens, "label": stratum})
+
+
+def _row_problems(tokens, tags, known: set[str]) -> dict[str, str | None]:
+    """What is wrong with one sentence, rule by rule (None: nothing)."""
+    out: dict[str, str | None] = dict.fromkeys(HELPERS)
+    if not isinstance(tokens, str) or not isinstance(tags, str):
+        return out  # the not-null expectations name it
+    words, labels = tokens.split(" "), tags.split(" ")
+    if len(words) != len(labels):
+        out["_token_count"] = f"{len(words)} tokens, {len(labels)} tags"
+    empty = [i + 1 for i, w in enumerate(words) if not w.strip()]
+    if empty:
+        out["_empty_token"] = f"empty token at word {empty[0]}"
+    unknown = [t for t in labels if t not in known]
+    if unknown:
+        out["_unknown_tag"] = f"tag {unknown[0]!r} is not in labels"
+    previous = "O"
+    for i, tag in enumerate(labels):
+        if tag.startswith("I-") and previous[2:] != tag[2:]:
+            out["_bio"] = f"{tag!r} at word {i + 1} follows {previous!r}" if i else f"{tag!r} starts the sentence"
+            break
+        previous = tag
+    return out
+
+
+def helper_columns(batch, config) -> dict:
+    import pandas as pd
+
+    known = set(config.labels)
+    rows = [_row_problems(a, b, known) for a, b in zip(batch["tokens"], batch["tags"], strict=True)]
+    return {h: pd.Series([r[h] for r in rows], index=batch.index, dtype=object) for h in HELPERS}
+
+
+def expectations(config) -> list[tuple[str, object]]:
+    import great_expectations as gx
+
+    e = gx.expectations
+    return [
+        ("tokens column present", e.ExpectColumnToExist(column="tokens")),
+        ("tags column present", e.ExpectColumnToExist(column="tags")),
+        ("tags not null", e.ExpectColumnValuesToNotBeNull(column="tags")),
+        ("as many tags as tokens", e.ExpectColumnValuesToBeNull(column="_token_count")),
+        ("no empty token", e.ExpectColumnValuesToBeNull(column="_empty_token")),
+        ("tags in declared label set", e.ExpectColumnValuesToBeNull(column="_unknown_tag")),
+        ("BIO well-formed (an I-X continues an X)", e.ExpectColumnValuesToBeNull(column="_bio")),
+    ]
+
+
+def floors(gate, bootstrap: bool) -> list[tuple[str, float, str, str]]:
+    return [("entity_f1", gate.min_entity_f1_new, ">=", "floor")]
+
+
+def thresholds(gate) -> tuple[float, float]:
+    return gate.min_improvement_new, gate.noninferiority_margin
+
+
+def label_set(frame) -> list[str] | None:
+    """Every tag of the frame, `O` first."""
+    tags = {t for row in frame["tags"].dropna() for t in str(row).split(" ") if t}
+    return ["O", *sorted(tags - {"O"})]
+
+
+def example_output(labels: list[str], rows: int):
+    import pandas as pd
+
+    return pd.DataFrame({"tags": ["O"] * rows, "score": [0.5] * rows})
 
 
 def featurize(frame, tokenizer, max_length: int) -> dict[str, np.ndarray]:
@@ -133,7 +219,7 @@ def predict(model, ids: list[np.ndarray], pad_id: int, batch_size: int, device) 
     return out
 
 
-def predict_frame(model, tokenizer, texts: list[str], max_length: int):
+def predict_frame(model, tokenizer, texts: list[str], max_length: int, **params):
     """`tokens` given as text (split on spaces): one `tags` string per text, one tag per word
     (words past `max_length` tokens get `O`), and the mean probability of the tags chosen."""
     import pandas as pd
@@ -292,6 +378,7 @@ def evaluate_set(
         return SetEvaluation(name, kind, len(examples), scores["challenger"], None, **detail)
     delta = {k: scores["challenger"][k] - scores["champion"][k] for k in scores["challenger"]}
     low, high = _bootstrap_f1(counts["challenger"][:, -1], counts["champion"][:, -1], resamples, seed)
+    gain = linearised_f1(counts["challenger"][:, -1]) - linearised_f1(counts["champion"][:, -1])
     return SetEvaluation(
         name,
         kind,
@@ -301,8 +388,22 @@ def evaluate_set(
         delta=delta,
         ci_low={"entity_f1": low},
         ci_high={"entity_f1": high},
+        paired={PAIRED_GAIN: np.round(gain, 6).tolist()},
         **detail,
     )
+
+
+def linearised_f1(counts: np.ndarray) -> np.ndarray:
+    """Per sentence, F1 plus its influence term n (2c - F1 (p + g)) / (P + G) (rows: [correct,
+    predicted, gold]): the terms average to F1, so a difference of two models' terms averages to
+    their F1 delta, and the spread of the differences gives the delta's standard error (the
+    delta method). No entity predicted or to find anywhere: F1 counts as 0 and every term is 0."""
+    total = counts.sum(axis=0).astype(np.float64)
+    mass = total[1] + total[2]
+    if len(counts) == 0 or mass == 0:
+        return np.zeros(len(counts))
+    f1 = 2 * total[0] / mass
+    return f1 + len(counts) * (2 * counts[:, 0] - f1 * (counts[:, 1] + counts[:, 2])) / mass
 
 
 def _bootstrap_f1(a: np.ndarray, b: np.ndarray, resamples: int, seed: int, confidence: float = 0.95):

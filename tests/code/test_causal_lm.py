@@ -71,10 +71,35 @@ def test_the_tiny_gpt_adapts_to_its_domain_and_generates(tmp_path):
     # From a random model's ~vocabulary-sized perplexity to a few choices per token.
     assert start > 1000 and scored.challenger["perplexity"] < 20
     assert scored.delta["perplexity"] < 0 and scored.ci_high["perplexity"] < 0
-    assert all(g > 0 for g in scored.paired["document_loss_gain"])
+    assert all(g > 0 for g in scored.paired["log_likelihood_gain"])
     greedy = LM.generate(model, tokenizer, ["the"], max_new_tokens=4)
     vocabulary = {*words, "the", "shipped", "with", "a", "case"}
     assert greedy == LM.generate(model, tokenizer, ["the"], max_new_tokens=4)
     assert greedy[0] and set(greedy[0].split()) <= vocabulary  # it speaks the domain's words only
     sampled = [LM.generate(model, tokenizer, ["the"], 6, temperature=1.5, seed=s)[0] for s in (1, 1, 2)]
     assert sampled[0] == sampled[1]  # seeded
+
+
+def test_the_gate_margin_of_a_language_model_is_a_perplexity_ratio():
+    import math
+
+    from tasks.config import GateConfig
+    from tasks.evaluate import Evaluation
+    from tasks.gate import decide
+
+    family = family_of("causal-lm")
+    rng = np.random.default_rng(1)
+    docs = [np.arange(rng.integers(5, 30)) for _ in range(80)]
+    examples = family.examples_from(pd.DataFrame({"text": ["x"] * 80}), {"ids": docs})
+    champion = np.array([rng.uniform(1.0, 2.0, len(d) - 1) for d in docs], dtype=object)
+    # The challenger's loss is 3% higher on every token: perplexity ratio e^0.03 > 1.02.
+    worse = np.array([row + 0.03 for row in champion], dtype=object)
+    regression = family.evaluate_set("regression", examples, worse, champion, [], 200, 0)
+    assert regression.delta["log_likelihood"] == pytest.approx(-0.03)
+    assert np.mean(regression.paired["log_likelihood_gain"]) == pytest.approx(-0.03, abs=1e-6)
+    better = np.array([row - 0.5 for row in champion], dtype=object)
+    new = family.evaluate_set("new", examples, better, champion, [], 200, 0)
+    decision = decide(Evaluation([new, regression], task="causal-lm"), GateConfig(), True)
+    rule = next(r for r in decision.rules if r.name.startswith("regression log_likelihood gain"))
+    assert rule.threshold == pytest.approx(-math.log(1.02)) and rule.outcome == "fail"
+    assert decision.verdict == "reject"

@@ -98,10 +98,14 @@ def test_unknown_task_names_the_tasks_there_are(tmp_path):
         load_config(tmp_path, environ={})
 
 
-def test_a_family_the_cycle_does_not_take_yet_is_refused_by_name(tmp_path):
+def test_a_causal_lm_defaults_to_smollm2_with_lora_unless_told_otherwise(tmp_path):
+    (tmp_path / "kaizen.yaml").write_text("task: causal-lm\n")
+    config = load_config(tmp_path, environ={})
+    assert (config.model.base, config.train.lora.enabled) == ("smollm2", True)
+    told = load_config(tmp_path, {"model.base": "tiny-gpt", "train.lora.enabled": False}, environ={})
+    assert (told.model.base, told.train.lora.enabled) == ("tiny-gpt", False)
     (tmp_path / "kaizen.yaml").write_text("task: token-classification\n")
-    with pytest.raises(ConfigError, match=r"token-classification.*the cycle does not take it yet"):
-        load_config(tmp_path, environ={})
+    assert load_config(tmp_path, environ={}).model.base == "minilm"
 
 
 def test_unknown_field_is_rejected(tmp_path):

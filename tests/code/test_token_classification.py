@@ -136,3 +136,30 @@ def test_words_cut_off_by_max_length_count_as_missed_entities():
     perfect[0] = np.eye(len(TAGS))[np.where(target == IGNORE, 0, target)]
     scores = family.evaluate_set("new", examples, perfect, None, TAGS, 0, 0).challenger
     assert scores["entity_recall"] == 0.0 and scores["token_accuracy"] == pytest.approx(10 / 11)
+
+
+def test_linearised_f1_terms_average_to_the_f1_delta_and_the_gate_reads_entity_f1():
+    from tasks.config import GateConfig
+    from tasks.evaluate import Evaluation, SetEvaluation
+    from tasks.families.token_classification import f1_from, linearised_f1
+    from tasks.gate import decide
+
+    rng = np.random.default_rng(0)
+    gold = rng.integers(0, 3, size=200)
+    a = np.stack([np.minimum(gold, rng.integers(0, 3, 200)), rng.integers(0, 3, 200), gold], axis=1)
+    b = np.stack([np.minimum(gold, rng.integers(0, 2, 200)), rng.integers(0, 3, 200), gold], axis=1)
+    gain = linearised_f1(a) - linearised_f1(b)
+    delta = f1_from(a.sum(axis=0))[2] - f1_from(b.sum(axis=0))[2]
+    assert gain.mean() == pytest.approx(delta, abs=1e-12)
+
+    def sets(name, shift):
+        metrics = {"entity_f1": 0.6}
+        return SetEvaluation(
+            name, "set", 200, metrics, {"entity_f1": 0.6 - shift}, paired={"f1_gain": list(gain + shift)}
+        )
+
+    evaluation = Evaluation([sets("new", 0.2), sets("regression", 0.0)], task="token-classification")
+    decision = decide(evaluation, GateConfig(), True)
+    names = [r.name for r in decision.rules]
+    assert "new entity_f1" in names and "new entity_f1 gain CI low (improvement)" in names
+    assert not any("accuracy" in n or "ece" in n for n in names)
