@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tasks.context import Context
+from tasks.errors import KaizenError
 from tasks.evaluate import Evaluation
 from tasks.families import family_of, forgotten
 from tasks.gate import decide, policy_from_config
@@ -94,16 +95,21 @@ def _decide_cycle(
 def reference_accuracies(ctx: Context, versions: set[str], reference: Path, scratch: Path) -> dict[str, float]:
     """The primary metric (accuracy for a classifier) of each version on a fixed file in the
     family's columns, evaluated as the cycle evaluates its frozen sets."""
-    from tasks.evaluate import load_golden
+    from tasks.demo_data import read_labelled
+    from tasks.evaluate import examples_of
     from tasks.inference import choose_device
     from tasks.registry import download_model, get_version
 
     family, config = family_of(ctx.config.task), ctx.config
+    frame = read_labelled(reference, config.task)  # class indices named from a label_names.txt beside it
     out = {}
     for version in sorted(versions, key=int):
         model_dir = download_model(ctx.client, get_version(ctx.client, ctx.model_name, version), scratch / version)
         model, tokenizer = family.load_saved(model_dir)
-        examples = load_golden(str(reference), config.labels, tokenizer, config.model.max_length, config.task)
+        try:
+            examples = examples_of(frame, config.labels, tokenizer, config.model.max_length, config.task)
+        except ValueError as exc:
+            raise KaizenError(f"{reference}: reference file: {exc}") from None
         device = choose_device(config.train.device)
         scores = family.predict(model.to(device), examples.ids, tokenizer.pad_token_id or 0, 32, device)
         measured = family.evaluate_set("reference", examples, scores, None, config.labels, 0, 0)

@@ -394,17 +394,24 @@ def measure_latency(
 def load_golden(path: str, labels: list[str], tokenizer, max_length: int, task: str = "classification") -> Examples:
     """A fixed, hand-curated set named in config, in the family's columns; read fresh each cycle."""
     from tasks.families import family_of
-    from tasks.featurize import feature_rows
     from tasks.ingest import check_columns, read_table
 
-    family = family_of(task)
     raw = read_table(path)
-    check_columns(raw, f"{path} (golden set)", family.COLUMNS)
-    frame = family.prepare(raw)
+    check_columns(raw, f"{path} (golden set)", family_of(task).COLUMNS)
     try:
-        return family.examples_from(frame, feature_rows(family.featurize(frame, tokenizer, max_length)), labels)
+        return examples_of(raw, labels, tokenizer, max_length, task)
     except ValueError as exc:
         raise ValueError(f"{path}: golden set: {exc}") from None
+
+
+def examples_of(raw, labels: list[str], tokenizer, max_length: int, task: str = "classification") -> Examples:
+    """Rows of a file in the family's columns, featurized as the cycle featurizes batches."""
+    from tasks.families import family_of
+    from tasks.featurize import feature_rows
+
+    family = family_of(task)
+    frame = family.prepare(raw)
+    return family.examples_from(frame, feature_rows(family.featurize(frame, tokenizer, max_length)), labels)
 
 
 def evaluate_challenger(

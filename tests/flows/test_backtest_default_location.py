@@ -48,7 +48,9 @@ def test_backtest_decides_every_policy_on_the_same_evaluations(tmp_path, monkeyp
     root.mkdir()
     (root / "kaizen.yaml").write_text(yaml.safe_dump(TINY_CONFIG))
     reference = tmp_path / "reference.csv"
-    pd.read_csv(SHARED / "sst2" / "test.csv").head(200).to_csv(reference, index=False)
+    names = (SHARED / "sst2" / "label_names.txt").read_text().split()
+    sst2 = pd.read_csv(SHARED / "sst2" / "test.csv").head(200)
+    sst2.assign(label=sst2["label"].map(lambda i: names[i])).to_csv(reference, index=False)
     capsys.readouterr()
     assert (
         main(
