@@ -92,10 +92,9 @@ def tree_snapshot(path: Path) -> dict[str, int]:
     return {str(p.relative_to(path)): p.stat().st_size for p in sorted(path.rglob("*")) if p.is_file()}
 
 
-# Files that read the one end-to-end story (the session fixture `e2e_cycle`): one worker runs
-# them all, so the story is told once. Files that take minutes go first, so the two workers do
-# not finish on one long file each.
-E2E_FILES = ("tests/flows/test_continual_cycle.py", "tests/model/test_behaviour.py")
+# Under `-n 2 --dist loadfile` (the Makefile's test target) a file is one unit of work, so its
+# module fixtures are built once; the files that take minutes go first, so the two workers do
+# not end on one long file each.
 LONG_FIRST = (
     "tests/stack/",
     "tests/flows/test_unattended.py",
@@ -105,20 +104,14 @@ LONG_FIRST = (
 )
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config, items):
     """`exhaustive` tests (the full kill harness) run only when a marker expression is given
-    (`pytest -m slow`); a plain `pytest`, which CI runs, takes their bounded subset.
-
-    Under `-n 2 --dist loadgroup` (the Makefile's test target) a file is one unit of work (its
-    module fixtures are built once), the e2e files share one, and the long files start first."""
+    (`pytest -m slow`); a plain `pytest`, which CI runs, takes their bounded subset. The long
+    files are moved to the front (see LONG_FIRST)."""
     if not config.option.markexpr:
         chosen = [item for item in items if item.get_closest_marker("exhaustive") is None]
         if len(chosen) != len(items):
             config.hook.pytest_deselected(items=[i for i in items if i not in chosen])
             items[:] = chosen
-    for item in items:
-        path = item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group("e2e" if path in E2E_FILES else path))
     rank = {p: i for i, p in enumerate(LONG_FIRST)}
     items.sort(key=lambda item: next((i for p, i in rank.items() if item.nodeid.startswith(p)), len(rank)))

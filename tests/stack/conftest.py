@@ -82,9 +82,11 @@ def stack(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("stack")
     os.chmod(root, 0o755)  # PostgreSQL runs as an unprivileged user when we are root
-    for parent in root.parents:  # pytest's base temp is 0700
-        if parent != Path("/") and str(parent).startswith(str(tmp_path_factory.getbasetemp().parent)):
-            os.chmod(parent, os.stat(parent).st_mode | 0o011)
+    # pytest's temporary directories are 0700, from /tmp/pytest-of-<user> down (one more level
+    # under pytest-xdist, a directory per worker).
+    top = next(p for p in root.parents if p.name.startswith("pytest-of-"))
+    for parent in [p for p in root.parents if p == top or top in p.parents]:
+        os.chmod(parent, os.stat(parent).st_mode | 0o011)
     (root / "kaizen.yaml").write_text(yaml.safe_dump(host_config(WORKER_PROJECT)))
     command = [sys.executable, "-m", "flows.cli", "stack", "up", "--zombie-after", str(ZOMBIE_AFTER_S)]
     up = subprocess.run(command, cwd=root, env=base_env(), capture_output=True, text=True, timeout=400)
