@@ -78,7 +78,7 @@ def print_table(records: list[dict], total: float) -> None:
     m = records[0]["metric"] if records else "accuracy"
     short = "acc" if m == "accuracy" else m
     head = (
-        f"{'cycle':<6}{'batch':<16}{'outcome':<13}{'champion':<9}{'new ' + short:<16}{'regression ' + short:<22}"
+        f"{'cycle':<6}{'batch':<16}{'outcome':<13}{'champion':<9}{'new ' + short:<20}{'regression ' + short:<24}"
         f"{'forgetting':<11}{'resolves':<9}{'secs':>6}"
     )
     typer.echo(head)
@@ -86,8 +86,8 @@ def print_table(records: list[dict], total: float) -> None:
     for r in records:
         typer.echo(
             f"{r['cycle']:<6}{r['batch'][-15:]:<16}{r['outcome']:<13}{'v' + (r['champion_after'] or '-'):<9}"
-            f"{_fmt(r[f'new_{m}']) + '/' + _fmt(r[f'new_{m}_champion']):<16}"
-            f"{_fmt(r[f'regression_{m}']) + '/' + _fmt(r[f'regression_{m}_champion']):<22}"
+            f"{_fmt(r[f'new_{m}']) + '/' + _fmt(r[f'new_{m}_champion']):<20}"
+            f"{_fmt(r[f'regression_{m}']) + '/' + _fmt(r[f'regression_{m}_champion']):<24}"
             f"{_fmt(r['forgetting']):<11}{_fmt(r['new_resolvable']):<9}{r['seconds']:>6.1f}"
         )
         for reason in r["reasons"][:3]:

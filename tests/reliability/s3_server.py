@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import urllib.request
 from collections.abc import Iterator
 
 TEST_KEYS = {
@@ -39,6 +40,9 @@ def moto_s3(bucket: str) -> Iterator[tuple[str, object]]:
     server.start()
     try:
         endpoint = f"http://127.0.0.1:{port}"
+        # moto keeps its buckets in process-wide state: an earlier test's objects would still be
+        # there (tests share worker processes under pytest-xdist), so every server starts empty.
+        urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"), timeout=30)
         client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
         client.create_bucket(Bucket=bucket)
         yield endpoint, client

@@ -41,14 +41,17 @@ def race(ctx, rounds: int, start_at: float, host: str) -> list[dict]:
     for i in range(rounds):
         # Both hosts start round i at the same instant: each reads, then both try to move.
         time.sleep(max(0.0, start_at + i * ROUND_SECONDS - time.time()))
+        read_at = time.time()  # a loaded machine lets the hosts drift apart; the test reads these
         seen = current_champion(ctx)
         target = versions[(versions.index(seen) + 1) % len(versions)] if seen else versions[0]
         why = f"race {host} round {i}"
         try:
             entry = move_champion(ctx.client, champion_guard(ctx), ctx.model_name, target, seen, "manual-promote", why)
-            attempts.append({"round": i, "expected": seen, "to": target, "moved": True, "seq": entry.seq, "why": why})
+            moved = {"moved": True, "seq": entry.seq}
         except StaleChampionError:
-            attempts.append({"round": i, "expected": seen, "to": target, "moved": False, "why": why})
+            moved = {"moved": False}
+        window = {"read_at": read_at, "done_at": time.time()}
+        attempts.append({"round": i, "expected": seen, "to": target, **moved, "why": why, **window})
     return attempts
 
 

@@ -158,12 +158,19 @@ def test_promotion_race_between_two_hosts(background):
     moved = [a for a in attempts if a["moved"]]
     moves = [e for e in ledger if e["action"] == "manual-promote"]
     assert len(attempts) == 100 and 0 < len(moved) < 100
-    # Rounds where both hosts read the same champion and both tried to replace it: exactly one won.
+    # Rounds where both hosts read the same champion and tried to replace it at the same time
+    # (their read-to-answer windows overlap; on a loaded machine the hosts drift apart, and a
+    # champion read again after a full turn of the versions is no collision): at most one won.
     by_round = {}
     for attempt in attempts:
         by_round.setdefault(attempt["round"], []).append(attempt)
-    collisions = [r for r in by_round.values() if r[0]["expected"] == r[1]["expected"]]
-    assert collisions and all(sum(a["moved"] for a in r) == 1 for r in collisions)
+    collisions = [
+        (a, b)
+        for a, b in by_round.values()
+        if a["expected"] == b["expected"] and a["read_at"] < b["done_at"] and b["read_at"] < a["done_at"]
+    ]
+    assert collisions and all(a["moved"] + b["moved"] <= 1 for a, b in collisions)
+    assert any(a["moved"] + b["moved"] == 1 for a, b in collisions)
     assert len(moves) == len(moved)  # zero lost updates: every move is recorded, nothing else
     by_why = {e["why"]: e for e in moves}
     for attempt in moved:  # each compared against exactly the champion it replaced
