@@ -92,26 +92,11 @@ def tree_snapshot(path: Path) -> dict[str, int]:
     return {str(p.relative_to(path)): p.stat().st_size for p in sorted(path.rglob("*")) if p.is_file()}
 
 
-# Under `-n 2 --dist loadfile` (the Makefile's test target) a file is one unit of work, so its
-# module fixtures are built once; the files that take minutes go first, so the two workers do
-# not end on one long file each.
-LONG_FIRST = (
-    "tests/stack/",
-    "tests/flows/test_unattended.py",
-    "tests/flows/test_approval.py",
-    "tests/flows/test_prefect_yaml.py",
-    "tests/flows/test_families.py",
-)
-
-
 def pytest_collection_modifyitems(config, items):
     """`exhaustive` tests (the full kill harness) run only when a marker expression is given
-    (`pytest -m slow`); a plain `pytest`, which CI runs, takes their bounded subset. The long
-    files are moved to the front (see LONG_FIRST)."""
+    (`pytest -m slow`); a plain `pytest`, which CI runs, takes their bounded subset."""
     if not config.option.markexpr:
         chosen = [item for item in items if item.get_closest_marker("exhaustive") is None]
         if len(chosen) != len(items):
             config.hook.pytest_deselected(items=[i for i in items if i not in chosen])
             items[:] = chosen
-    rank = {p: i for i, p in enumerate(LONG_FIRST)}
-    items.sort(key=lambda item: next((i for p, i in rank.items() if item.nodeid.startswith(p)), len(rank)))
