@@ -22,7 +22,11 @@ import pytest
 
 from tests.conftest import REPO, TINY_CONFIG, make_workspace
 
-pytestmark = pytest.mark.timeout(900)
+# Each cycle holds the workspace, so the second file's ingest waits for the first file's cycle,
+# and its own cycle comes after: on a 2-core machine that another pytest worker keeps busy, one
+# cycle took 3 minutes and the two files 7 (the waits below once ran out at 400 s).
+pytestmark = pytest.mark.timeout(1500)
+SETTLE_S = 720
 
 READY = "ready; Ctrl-C stops"
 SCHEDULE = {"poll_seconds": 5, "settle_seconds": 1, "min_new_rows": 1}
@@ -157,7 +161,9 @@ def test_serve_ingests_each_dropped_file_once_cycles_never_overlap_and_survive_k
         shutil.copy(demo_files["demo-2-gadgets"], ws / "inbox" / "demo-2-gadgets.csv")
         # A file that fails validation: quarantined as by `kaizen ingest`, and out of the inbox.
         shutil.copy(demo_files["demo-3-corrupt"], ws / "inbox" / "demo-3-corrupt.csv")
-        wait_until(lambda: settled(ws, api, 2) and status(ws)["champion"], "both files ingested and trained", 400, log)
+        wait_until(
+            lambda: settled(ws, api, 2) and status(ws)["champion"], "both files ingested and trained", SETTLE_S, log
+        )
         sources = [Path(e["source"]).name for e in manifest(ws)]
         assert sorted(sources) == ["demo-1-restaurants.csv", "demo-2-gadgets.csv"], sources
         assert len(status(ws)["quarantined"]) == 1, status(ws)["quarantined"]
@@ -202,7 +208,7 @@ def test_serve_ingests_each_dropped_file_once_cycles_never_overlap_and_survive_k
         wait_until(
             lambda: settled(ws, api, 3) and status(ws)["last_run"]["status"] != "failed" and untrained(ws) == [],
             "the next cycle to train the batch the killed one did not finish",
-            400,
+            SETTLE_S,
             log,
         )
     finally:

@@ -75,7 +75,9 @@ class Host:
             )
 
 
-@pytest.fixture(scope="session")
+# Package scope: the servers stop once tests/stack is done, not at the end of the session, where
+# they kept polling and heartbeating beside every later test of their worker.
+@pytest.fixture(scope="package")
 def stack(tmp_path_factory):
     from tasks.stack import read_env
     from tasks.workspace import Workspace
@@ -104,7 +106,7 @@ def stack(tmp_path_factory):
         assert down.returncode == 0, down.stderr
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def make_host(stack, tmp_path_factory):
     def make(name: str, project: str) -> Host:
         root = tmp_path_factory.mktemp(f"host-{name}")

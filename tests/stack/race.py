@@ -1,9 +1,13 @@
-"""One host's side of the promotion race: `python -m tests.stack.race ROUNDS START_AT OUT.json`.
+"""One host's side of the promotion race: `python -m tests.stack.race ROUNDS BARRIER_DIR OUT.json`.
 
 Every round reads `@champion`, then asks to move it to the next version, expecting the one it
 read (what a cycle does after its gate). The other host does the same at the same time, so
 many attempts find the champion moved meanwhile; those must be refused, and every move that
-happens must be in the ledger, from the version it replaced."""
+happens must be in the ledger, from the version it replaced.
+
+The hosts start each round together at a barrier (a file per host and round in BARRIER_DIR):
+a clock schedule let them drift apart on a loaded machine, where a round takes longer than its
+slot, until they no longer raced at all."""
 
 from __future__ import annotations
 
@@ -11,8 +15,10 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
-ROUND_SECONDS = 0.5
+HOSTS = 2
+BARRIER_TIMEOUT_S = 120
 
 
 def setup(ctx, versions: int) -> list[str]:
@@ -31,7 +37,16 @@ def setup(ctx, versions: int) -> list[str]:
     return [r.version for r in list_versions(ctx.client, ctx.model_name)]
 
 
-def race(ctx, rounds: int, start_at: float, host: str) -> list[dict]:
+def wait_for_all(barrier: Path, host: str, round_: int) -> None:
+    (barrier / f"{round_}-{host}").touch()
+    deadline = time.monotonic() + BARRIER_TIMEOUT_S
+    while len(list(barrier.glob(f"{round_}-*"))) < HOSTS:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{host}: the other host never reached round {round_}")
+        time.sleep(0.002)
+
+
+def race(ctx, rounds: int, barrier: Path, host: str) -> list[dict]:
     from tasks.promotion import current_champion
     from tasks.registry import StaleChampionError, list_versions, move_champion
     from tasks.shared import champion_guard
@@ -39,9 +54,8 @@ def race(ctx, rounds: int, start_at: float, host: str) -> list[dict]:
     versions = [r.version for r in list_versions(ctx.client, ctx.model_name)]
     attempts = []
     for i in range(rounds):
-        # Both hosts start round i at the same instant: each reads, then both try to move.
-        time.sleep(max(0.0, start_at + i * ROUND_SECONDS - time.time()))
-        read_at = time.time()  # a loaded machine lets the hosts drift apart; the test reads these
+        wait_for_all(barrier, host, i)  # both hosts start round i together: each reads, then moves
+        read_at = time.time()  # the test judges collisions by these windows
         seen = current_champion(ctx)
         target = versions[(versions.index(seen) + 1) % len(versions)] if seen else versions[0]
         why = f"race {host} round {i}"
@@ -64,8 +78,8 @@ def main(argv: list[str]) -> None:
     if argv[0] == "setup":
         print(json.dumps(setup(ctx, int(argv[1]))))
         return
-    rounds, start_at, out = int(argv[0]), float(argv[1]), argv[2]
-    attempts = race(ctx, rounds, start_at, os.environ["KAIZEN_HOST"])
+    rounds, barrier, out = int(argv[0]), Path(argv[1]), argv[2]
+    attempts = race(ctx, rounds, barrier, os.environ["KAIZEN_HOST"])
     with open(out, "w") as f:
         json.dump(attempts, f)
 

@@ -136,10 +136,11 @@ def race_between_two_hosts(one, two, tmp_path: Path) -> tuple[list[dict], list[d
     """50 rounds from each host at once: the attempts, the ledger and the final status."""
     versions = json.loads(one.python("-m", "tests.stack.race", "setup", "3").stdout.strip().splitlines()[-1])
     assert versions == ["1", "2", "3"]
-    start_at = time.time() + 8  # both past their imports
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
     logs = {h.name: tmp_path / f"{h.name}.json" for h in (one, two)}
     racers = [
-        h.popen("-m", "tests.stack.race", "50", str(start_at), str(logs[h.name]), log=tmp_path / h.name)
+        h.popen("-m", "tests.stack.race", "50", str(barrier), str(logs[h.name]), log=tmp_path / h.name)
         for h in (one, two)
     ]
     for racer in racers:
@@ -159,8 +160,8 @@ def test_promotion_race_between_two_hosts(background):
     moves = [e for e in ledger if e["action"] == "manual-promote"]
     assert len(attempts) == 100 and 0 < len(moved) < 100
     # Rounds where both hosts read the same champion and tried to replace it at the same time
-    # (their read-to-answer windows overlap; on a loaded machine the hosts drift apart, and a
-    # champion read again after a full turn of the versions is no collision): at most one won.
+    # (their read-to-answer windows overlap; a champion read again after a full turn of the
+    # versions is no collision): at most one won.
     by_round = {}
     for attempt in attempts:
         by_round.setdefault(attempt["round"], []).append(attempt)
