@@ -27,7 +27,7 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 
 test: lint
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n 2 --no-loadscope-reorder
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
 
 # Re-resolve every pin. torch's own CUDA/triton wheels are left to pip, which takes the CPU
 # wheel of the same version where one is offered locally and the CUDA wheel elsewhere.

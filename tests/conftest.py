@@ -92,10 +92,10 @@ def tree_snapshot(path: Path) -> dict[str, int]:
     return {str(p.relative_to(path)): p.stat().st_size for p in sorted(path.rglob("*")) if p.is_file()}
 
 
-# `make test` runs pytest-xdist workers with a file as the unit of work (see
-# pytest_xdist_make_scheduler), so a file's module fixtures (the stack, a family's story, the
-# serve-model service) are built once. The files that take minutes go first, so the workers do
-# not each end on one long file.
+# Under pytest-xdist (`pytest -n 2`) a file is the unit of work (see pytest_xdist_make_scheduler),
+# so a file's module fixtures (the stack, a family's story, the serve-model service) are built
+# once. The files that take minutes go first, so the workers do not each end on one long file.
+# `make test` runs in one process: two workers measured slower (docs/design-notes.md).
 LONG_FIRST = (
     "tests/stack/",
     "tests/flows/test_unattended.py",
@@ -112,13 +112,16 @@ SAME_UNIT = {"tests/model/test_behaviour.py": "tests/flows/test_continual_cycle.
 
 def pytest_collection_modifyitems(config, items):
     """`exhaustive` tests (the full kill harness) run only when a marker expression is given
-    (`pytest -m slow`); a plain `pytest`, which CI runs, takes their bounded subset. The long
-    files are moved to the front (LONG_FIRST), a file sharing a unit with another next to it."""
+    (`pytest -m slow`); a plain `pytest`, which CI runs, takes their bounded subset. Under xdist
+    the long files are moved to the front (LONG_FIRST), a file sharing a unit with another next
+    to it."""
     if not config.option.markexpr:
         chosen = [item for item in items if item.get_closest_marker("exhaustive") is None]
         if len(chosen) != len(items):
             config.hook.pytest_deselected(items=[i for i in items if i not in chosen])
             items[:] = chosen
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return  # one process: the order that has always run
     rank = {p: i for i, p in enumerate(LONG_FIRST)}
     files = [unit_of(item.nodeid) for item in items]
     first_seen = {f: i for i, f in reversed(list(enumerate(files)))}
