@@ -97,21 +97,10 @@ def train_joint(root: Path, overrides: dict, out: Path) -> float:
 
 
 def accuracy_of_dir(model_dir: Path, frame_path: Path, config) -> float:
-    """As tasks.backtest.reference_accuracies scores a registered version, for a local directory."""
+    from tasks.backtest import primary_metric_of
     from tasks.demo_data import read_labelled
-    from tasks.evaluate import examples_of
-    from tasks.families import family_of
-    from tasks.inference import choose_device
 
-    family = family_of(config.task)
-    model, tokenizer = family.load_saved(model_dir)
-    examples = examples_of(
-        read_labelled(frame_path, config.task), config.labels, tokenizer, config.model.max_length, config.task
-    )
-    device = choose_device(config.train.device)
-    scores = family.predict(model.to(device), examples.ids, tokenizer.pad_token_id or 0, 32, device)
-    measured = family.evaluate_set("reference", examples, scores, None, config.labels, 0, 0)
-    return float(measured.challenger[family.PRIMARY_METRIC])
+    return primary_metric_of(model_dir, read_labelled(frame_path, config.task), config, frame_path)
 
 
 def main() -> None:

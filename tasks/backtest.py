@@ -96,25 +96,31 @@ def reference_accuracies(ctx: Context, versions: set[str], reference: Path, scra
     """The primary metric (accuracy for a classifier) of each version on a fixed file in the
     family's columns, evaluated as the cycle evaluates its frozen sets."""
     from tasks.demo_data import read_labelled
-    from tasks.evaluate import examples_of
-    from tasks.inference import choose_device
     from tasks.registry import download_model, get_version
 
-    family, config = family_of(ctx.config.task), ctx.config
-    frame = read_labelled(reference, config.task)  # class indices named from a label_names.txt beside it
+    frame = read_labelled(reference, ctx.config.task)  # class indices named from a label_names.txt beside it
     out = {}
     for version in sorted(versions, key=int):
         model_dir = download_model(ctx.client, get_version(ctx.client, ctx.model_name, version), scratch / version)
-        model, tokenizer = family.load_saved(model_dir)
-        try:
-            examples = examples_of(frame, config.labels, tokenizer, config.model.max_length, config.task)
-        except ValueError as exc:
-            raise KaizenError(f"{reference}: reference file: {exc}") from None
-        device = choose_device(config.train.device)
-        scores = family.predict(model.to(device), examples.ids, tokenizer.pad_token_id or 0, 32, device)
-        measured = family.evaluate_set("reference", examples, scores, None, config.labels, 0, 0)
-        out[version] = float(measured.challenger[family.PRIMARY_METRIC])
+        out[version] = primary_metric_of(model_dir, frame, ctx.config, reference)
     return out
+
+
+def primary_metric_of(model_dir: Path, frame, config, reference: Path) -> float:
+    """The family's primary metric of a saved model on `frame` (read from `reference`)."""
+    from tasks.evaluate import examples_of
+    from tasks.inference import choose_device
+
+    family = family_of(config.task)
+    model, tokenizer = family.load_saved(model_dir)
+    try:
+        examples = examples_of(frame, config.labels, tokenizer, config.model.max_length, config.task)
+    except ValueError as exc:
+        raise KaizenError(f"{reference}: reference file: {exc}") from None
+    device = choose_device(config.train.device)
+    scores = family.predict(model.to(device), examples.ids, tokenizer.pad_token_id or 0, 32, device)
+    measured = family.evaluate_set("reference", examples, scores, None, config.labels, 0, 0)
+    return float(measured.challenger[family.PRIMARY_METRIC])
 
 
 def attach_reference(tracks: list[PolicyTrack], accuracy: dict[str, float]) -> None:
