@@ -39,8 +39,16 @@ def parse_grid(items: list[str]) -> dict[str, list]:
     grid = {}
     for item in items:
         key, _, values = item.partition("=")
-        grid[key] = [yaml.safe_load(v) for v in values.split(",")]
+        # YAML 1.1 reads `1e-4` (no dot) as a string; TrainConfig would coerce it, the table would not.
+        grid[key] = [_number_or(yaml.safe_load(v)) for v in values.split(",")]
     return grid
+
+
+def _number_or(value):
+    try:
+        return float(value) if isinstance(value, str) else value
+    except ValueError:
+        return value
 
 
 def configs(kind: str, grid: dict[str, list], epochs: int):
