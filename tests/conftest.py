@@ -17,6 +17,12 @@ SHARED = REPO.parent / "shared" / "datasets"
 # every entry point (tasks/runtime.py), forced here so a developer's shell cannot turn a test
 # into a hub download.
 os.environ.update({**OFFLINE_AND_QUIET, "KAIZEN_USER": "pytest"})
+# One OpenMP thread per process, inherited by every command the tests start. Tiny models gain
+# nothing from more, and the suite runs several torch processes at once (a served cycle beside
+# the test that polls it, two pytest workers): with torch's default of one spinning thread per
+# core each, two tiny cycles side by side trained at 32 samples/s instead of 600 (115 s against
+# 37 s for both, measured on 2 cores).
+os.environ["OMP_NUM_THREADS"] = "1"
 
 # A tiny 2-layer random encoder learns the template corpus in seconds at a high rate.
 TINY_CONFIG = {
@@ -92,10 +98,10 @@ def tree_snapshot(path: Path) -> dict[str, int]:
     return {str(p.relative_to(path)): p.stat().st_size for p in sorted(path.rglob("*")) if p.is_file()}
 
 
-# Under pytest-xdist (`pytest -n 2`) a file is the unit of work (see pytest_xdist_make_scheduler),
-# so a file's module fixtures (the stack, a family's story, the serve-model service) are built
-# once. The files that take minutes go first, so the workers do not each end on one long file.
-# `make test` runs in one process: two workers measured slower (docs/design-notes.md).
+# Under pytest-xdist (`make test` runs three workers) a file is the unit of work (see
+# pytest_xdist_make_scheduler), so a file's module fixtures (the stack, a family's story, the
+# serve-model service) are built once. The files that take minutes go first, so the workers do
+# not each end on one long file (docs/design-notes.md, "The suite's time").
 LONG_FIRST = (
     "tests/stack/",
     "tests/flows/test_unattended.py",

@@ -5,6 +5,7 @@ The tests share one service and run in order; each leaves `champion` at v2 as it
 
 from __future__ import annotations
 
+import copy
 import http.client
 import json
 import os
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, make_workspace
+from tests.conftest import REPO, TINY_CONFIG, make_workspace
 from tests.flows.e2e import cli
 
 RELOAD_S = 1.0
@@ -27,7 +28,11 @@ TEXTS = ["the food was wonderful", "terrible battery, died in a day", "meh", "ok
 
 @pytest.fixture(scope="module")
 def two_versions(prefect_harness, demo_files, tmp_path_factory) -> Path:
-    ws = make_workspace(tmp_path_factory.mktemp("serve") / "ws")
+    # These tests are about serving, not the latency rule: the tiny encoder's sub-millisecond
+    # timings beside another pytest worker once failed it (p95 ratio 7.7) and promoted no v2.
+    config = copy.deepcopy(TINY_CONFIG)
+    config["gate"]["max_latency_ratio"] = 1000
+    ws = make_workspace(tmp_path_factory.mktemp("serve") / "ws", config)
     for name in ("demo-1-restaurants", "demo-2-gadgets"):
         result = cli(["run", str(demo_files[name]), "--workspace", str(ws)])
         assert result.code == 0 and "promoted" in result.out, result.why()
