@@ -5,7 +5,6 @@ Real Prefect server (loopback), the CLI in subprocesses, MLflow's ledger read ba
 
 from __future__ import annotations
 
-import copy
 import json
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, TINY_CONFIG, make_workspace
+from tests.conftest import LATENCY_RULE_OFF, REPO, make_workspace, tiny_config
 from tests.flows.test_unattended import kaizen_env, wait_until
 
 pytestmark = pytest.mark.timeout(900)
@@ -79,11 +78,7 @@ def finish(run: subprocess.Popen) -> str:
 def test_manual_approval_approve_reject_stale_and_timeout(server_env, tmp_path):
     from tasks.demo_data import GADGET, RESTAURANT, make_domain_batch
 
-    config = copy.deepcopy(TINY_CONFIG)
-    # Latency of the tiny encoder is timer noise under a loaded CI machine; not what is tested here.
-    config["gate"].update(
-        {"policy": "no-harm", "approval": "manual", "approval_timeout": 600, "max_latency_ratio": 1000}
-    )
+    config = tiny_config(policy="no-harm", approval="manual", approval_timeout=600, **LATENCY_RULE_OFF)
     ws = make_workspace(tmp_path / "ws", config)
     files = {}
     for name, (template, domain, seed) in {

@@ -5,7 +5,6 @@ The tests share one service and run in order; each leaves `champion` at v2 as it
 
 from __future__ import annotations
 
-import copy
 import http.client
 import json
 import os
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, TINY_CONFIG, make_workspace
+from tests.conftest import LATENCY_RULE_OFF, REPO, make_workspace, tiny_config
 from tests.flows.e2e import cli
 
 RELOAD_S = 1.0
@@ -28,11 +27,7 @@ TEXTS = ["the food was wonderful", "terrible battery, died in a day", "meh", "ok
 
 @pytest.fixture(scope="module")
 def two_versions(prefect_harness, demo_files, tmp_path_factory) -> Path:
-    # These tests are about serving, not the latency rule: the tiny encoder's sub-millisecond
-    # timings beside another pytest worker once failed it (p95 ratio 7.7) and promoted no v2.
-    config = copy.deepcopy(TINY_CONFIG)
-    config["gate"]["max_latency_ratio"] = 1000
-    ws = make_workspace(tmp_path_factory.mktemp("serve") / "ws", config)
+    ws = make_workspace(tmp_path_factory.mktemp("serve") / "ws", tiny_config(**LATENCY_RULE_OFF))
     for name in ("demo-1-restaurants", "demo-2-gadgets"):
         result = cli(["run", str(demo_files[name]), "--workspace", str(ws)])
         assert result.code == 0 and "promoted" in result.out, result.why()

@@ -6,7 +6,6 @@ the manifest, the Prefect API and `kaizen doctor`."""
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import os
 import shutil
@@ -20,7 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import REPO, TINY_CONFIG, make_workspace
+from tests.conftest import LATENCY_RULE_OFF, REPO, make_workspace, tiny_config
 
 # Each cycle holds the workspace, so the second file's ingest waits for the first file's cycle,
 # and its own cycle comes after: on a 2-core machine that another pytest worker keeps busy, one
@@ -147,11 +146,7 @@ def settled(ws: Path, api_url: str, batches: int) -> bool:
 def test_serve_ingests_each_dropped_file_once_cycles_never_overlap_and_survive_kill_9(demo_files, tmp_path):
     from tasks.demo_data import RESTAURANT, make_domain_batch
 
-    config = copy.deepcopy(TINY_CONFIG)
-    config["schedule"] = SCHEDULE
-    # This tests running unattended, not latency: the tiny encoder's sub-millisecond timings on a
-    # loaded machine once failed the p95 ratio and left the batch pending (nothing to wait for).
-    config["gate"]["max_latency_ratio"] = 1000
+    config = tiny_config(**LATENCY_RULE_OFF) | {"schedule": SCHEDULE}
     ws = make_workspace(tmp_path / "ws", config)
     log = tmp_path / "serve.log"
     serve = Serve(ws, log)

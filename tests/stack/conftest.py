@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO, SHARED, TINY_CONFIG
+from tests.conftest import LATENCY_RULE_OFF, REPO, SHARED, tiny_config
 
 # The stack's worker runs flows of this project (its workspace gets this kaizen.yaml).
 WORKER_PROJECT = "stack-worker"
@@ -23,11 +23,8 @@ ZOMBIE_AFTER_S = 60
 
 
 def host_config(project: str) -> dict:
-    """The tiny test config, its own project and model, so tests sharing the stack do not meet.
-    The latency rule is off: the tiny encoder's timings on a loaded machine are noise, and these
-    tests are about the stack, not latency."""
-    gate = {**TINY_CONFIG["gate"], "max_latency_ratio": 1000}
-    return {**TINY_CONFIG, "gate": gate, "project": project, "registry": {"model_name": f"{project}-clf"}}
+    """The tiny test config, its own project and model, so tests sharing the stack do not meet."""
+    return tiny_config(**LATENCY_RULE_OFF) | {"project": project, "registry": {"model_name": f"{project}-clf"}}
 
 
 def base_env() -> dict[str, str]:
